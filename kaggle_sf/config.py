@@ -1,0 +1,387 @@
+"""Run configuration: typed sections loaded from YAML, overridden by ``--set``, checked before any work.
+
+A configuration is a tree of frozen dataclasses. Loading walks the YAML mapping against the dataclass
+fields, so an unknown key, a wrong type or an impossible value is rejected with the dotted key path
+(``train.head.learning_rate``) before a single image is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CLASSES = tuple(f"c{i}" for i in range(10))
+BACKBONE_NAMES = ("mobilenet", "resnet50", "xception", "inception_v3", "inception_resnet_v2")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type or an impossible value."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How competition images are read."""
+
+    on_bad_image: str = "fail"
+    """``fail`` stops the run at the first undecodable image; ``skip`` lists and leaves them out."""
+
+    def __post_init__(self) -> None:
+        _require(self.on_bad_image in ("fail", "skip"), "data.on_bad_image",
+                 f"expected 'fail' or 'skip', got {self.on_bad_image!r}")
+
+
+@dataclass(frozen=True)
+class FoldsConfig:
+    """Driver-grouped cross-validation folds."""
+
+    n_splits: int = 5
+    seed: int = 42
+    validation_subjects: tuple[tuple[str, ...], ...] = ()
+    """Explicit validation drivers per fold; when given, ``n_splits`` is ignored."""
+
+    def __post_init__(self) -> None:
+        if not self.validation_subjects:
+            _require(self.n_splits >= 2, "folds.n_splits", f"needs at least 2 folds, got {self.n_splits}")
+        seen: set[str] = set()
+        for fold, subjects in enumerate(self.validation_subjects):
+            _require(len(subjects) > 0, "folds.validation_subjects", f"fold {fold} lists no driver")
+            repeated = seen.intersection(subjects)
+            _require(not repeated, "folds.validation_subjects",
+                     f"drivers {sorted(repeated)} are listed in more than one fold")
+            seen.update(subjects)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """One ImageNet backbone: which network, at what input size, with which weights."""
+
+    name: str = "mobilenet"
+    alpha: float = 0.25
+    """Width multiplier; used by MobileNet only."""
+    input_size: tuple[int, int] = (224, 224)
+    """Height and width in pixels."""
+    weights: str = "imagenet"
+    """``imagenet`` (Keras' cache under ``$KERAS_HOME/models``), a path to an ``.h5`` file, or ``none``."""
+
+    def __post_init__(self) -> None:
+        _require(self.name in BACKBONE_NAMES, "backbones.name",
+                 f"unknown backbone {self.name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+        _require(self.alpha > 0, "backbones.alpha", f"must be positive, got {self.alpha}")
+        _require(len(self.input_size) == 2 and min(self.input_size) >= 32, "backbones.input_size",
+                 f"expected [height, width] of at least 32 pixels, got {list(self.input_size)}")
+
+    @property
+    def label(self) -> str:
+        """Short name used in run names, cache folders and tables, e.g. ``mobilenet_0.25_224x224``."""
+        width = f"_{self.alpha:g}" if self.name == "mobilenet" else ""
+        height_px, width_px = self.input_size
+        return f"{self.name}{width}_{height_px}x{width_px}"
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Bottleneck feature extraction."""
+
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "features.batch_size", f"must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Dropout + dense softmax head trained on cached bottleneck features."""
+
+    dropout: float = 0.5
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    max_epochs: int = 200
+    patience: int = 15
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.dropout < 1, "train.head.dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.learning_rate > 0, "train.head.learning_rate", f"must be positive, got {self.learning_rate}")
+        _require(self.weight_decay >= 0, "train.head.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.batch_size >= 1, "train.head.batch_size", f"must be at least 1, got {self.batch_size}")
+        _require(self.max_epochs >= 1, "train.head.max_epochs", f"must be at least 1, got {self.max_epochs}")
+        _require(self.patience >= 1, "train.head.patience", f"must be at least 1, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One fine-tuning phase: which layers train, at what learning rate, for how long."""
+
+    epochs: int = 3
+    learning_rate: float = 1e-4
+    train_backbone: bool = True
+    """False trains the head alone (a warm-up with the backbone frozen)."""
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.finetune.phases.epochs", f"must be at least 1, got {self.epochs}")
+        _require(self.learning_rate > 0, "train.finetune.phases.learning_rate",
+                 f"must be positive, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning of the whole backbone plus head."""
+
+    phases: tuple[PhaseConfig, ...] = (
+        PhaseConfig(epochs=1, learning_rate=1e-3, train_backbone=False),
+        PhaseConfig(epochs=4, learning_rate=1e-4),
+        PhaseConfig(epochs=2, learning_rate=1e-5),
+    )
+    batch_size: int = 32
+    dropout: float = 0.5
+    patience: int = 2
+    augment: bool = True
+    half_merge_probability: float = 0.3
+    mixed_precision: bool = False
+    xla: bool = False
+
+    def __post_init__(self) -> None:
+        _require(len(self.phases) >= 1, "train.finetune.phases", "needs at least one phase")
+        _require(self.batch_size >= 1, "train.finetune.batch_size", f"must be at least 1, got {self.batch_size}")
+        _require(0 <= self.dropout < 1, "train.finetune.dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.patience >= 1, "train.finetune.patience", f"must be at least 1, got {self.patience}")
+        _require(0 <= self.half_merge_probability <= 1, "train.finetune.half_merge_probability",
+                 f"must be in [0, 1], got {self.half_merge_probability}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How each backbone x fold model is trained."""
+
+    mode: str = "head"
+    """``head`` trains a head on cached features; ``finetune`` trains the whole backbone."""
+    head: HeadConfig = field(default_factory=HeadConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("head", "finetune"), "train.mode",
+                 f"expected 'head' or 'finetune', got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Optuna search over learning rates and head settings."""
+
+    enabled: bool = False
+    n_trials: int = 30
+    timeout_s: float = 600.0
+    storage: str = ""
+    """Optuna storage URL; empty means SQLite under ``mlruns/``."""
+
+    def __post_init__(self) -> None:
+        _require(self.n_trials >= 1, "search.n_trials", f"must be at least 1, got {self.n_trials}")
+        _require(self.timeout_s > 0, "search.timeout_s", f"must be positive, got {self.timeout_s}")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Blending of fold models into the submission."""
+
+    clip: float = 1e-3
+    """Test probabilities are clipped to [clip, 1 - clip] and renormalised; 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.clip < 0.1, "ensemble.clip", f"must be in [0, 0.1), got {self.clip}")
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    """Upload of the submission to Kaggle."""
+
+    enabled: bool = False
+    message: str = ""
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: data, folds, backbones, training, blending, submission."""
+
+    competition: str = "state-farm-distracted-driver-detection"
+    run_name: str = ""
+    """Name of the MLflow parent run and of the submission file; empty means ``<config>-<time>``."""
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    backbones: tuple[BackboneConfig, ...] = (BackboneConfig(),)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+
+    def __post_init__(self) -> None:
+        _require(len(self.backbones) >= 1, "backbones", "needs at least one backbone")
+        labels = [backbone.label for backbone in self.backbones]
+        _require(len(set(labels)) == len(labels), "backbones", f"lists the same backbone twice: {labels}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as plain YAML-compatible data (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# --- Loading -----------------------------------------------------------------------------------
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Convert YAML data to ``annotation``, raising ConfigError that names ``key`` on a mismatch."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        _require(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return _build(annotation, value, key)
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        arguments = typing.get_args(annotation)
+        if len(arguments) == 2 and arguments[1] is Ellipsis:
+            return tuple(_convert(item, arguments[0], f"{key}.{i}") for i, item in enumerate(value))
+        _require(len(value) == len(arguments), key, f"expected {len(arguments)} values, got {list(value)}")
+        return tuple(_convert(item, kind, f"{key}.{i}") for i, (item, kind) in enumerate(zip(value, arguments)))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if annotation is bool:
+        _require(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads exponent notation without a dot (1e-4) as a string.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+                 f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if value is None:
+            return ""
+        _require(isinstance(value, (str, int, float)) and not isinstance(value, bool), key,
+                 f"expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config annotation {annotation!r} at {key}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown config key '{where}'; valid keys here: {', '.join(sorted(names))}")
+    values = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        values[name] = _convert(value, hints[name], key)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config section '{prefix or 'root'}': {error}") from error
+
+
+def _set_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``key.path=value`` override in place; the value is parsed as YAML."""
+    key, separator, raw_value = assignment.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    parts = key.split(".")
+    node: Any = tree
+    for depth, part in enumerate(parts[:-1]):
+        prefix = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            _require(part.isdigit() and int(part) < len(node), prefix, f"no list item {part}")
+            node = node[int(part)]
+        else:
+            _require(isinstance(node, dict) and part in node, prefix, "unknown config section")
+            node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        _require(last.isdigit() and int(last) < len(node), key, f"no list item {last}")
+        node[int(last)] = value
+    else:
+        _require(isinstance(node, dict) and last in node, key,
+                 f"unknown config key; valid keys here: {', '.join(sorted(node))}")
+        node[last] = value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    merged = dict(base)
+    for name, value in update.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in base:
+            # Let _build report it with the list of valid keys.
+            merged[name] = value
+        elif isinstance(base[name], dict) and isinstance(value, dict):
+            merged[name] = _merge(base[name], value, key)
+        elif isinstance(base[name], list) and value and all(isinstance(v, dict) for v in value) \
+                and base[name] and isinstance(base[name][0], dict):
+            # Items of a list of sections start from the default item, so a YAML entry may give
+            # only the keys it changes.
+            merged[name] = [_merge(base[name][0], item, f"{key}.{i}") for i, item in enumerate(value)]
+        else:
+            merged[name] = value
+    return merged
+
+
+def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a configuration from YAML (or the defaults), apply ``key=value`` overrides and check it.
+
+    Args:
+        path: a YAML file; None uses the built-in defaults.
+        overrides: assignments such as ``folds.n_splits=4`` or ``backbones.0.alpha=0.5``.
+
+    Raises:
+        ConfigError: the file is missing or not a mapping, or a key is unknown, mistyped or impossible.
+    """
+    tree = Config().to_dict()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        tree = _merge(tree, loaded)
+    for assignment in overrides:
+        _set_override(tree, assignment)
+    return _build(Config, tree, "")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested config data into ``dotted.key -> value`` strings, e.g. for MLflow params."""
+    flat: dict[str, str] = {}
+    for name, value in tree.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if isinstance(value, dict):
+            flat.update(flatten(value, key))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{key}.{i}"))
+        else:
+            flat[key] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return flat

@@ -1,0 +1,86 @@
+"""Image decoding into batches of RGB frames at a backbone's input size, with ids alongside.
+
+JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale whenever the reduced image is still at least the
+target size: a 640x480 frame needed at 224x224 is decoded at 320x240, which costs about a quarter of a
+full decode. The result is resized to the target and returned as float32 in [0, 255]; preprocessing for
+the backbone happens inside the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+DCT_SCALES = (8, 4, 2, 1)
+"""Reduction ratios that libjpeg can apply while decoding, largest first."""
+
+
+def _decode_reduced(contents: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Decode a JPEG at the largest DCT reduction that still covers ``size`` (height, width)."""
+    shape = tf.io.extract_jpeg_shape(contents)
+    height, width = size
+    # Index of the first (largest) ratio that keeps both sides at or above the target.
+    fits = tf.stack([
+        tf.logical_and(shape[0] // ratio >= height, shape[1] // ratio >= width) for ratio in DCT_SCALES
+    ])
+    choice = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    branches = [
+        (lambda r=ratio: tf.io.decode_jpeg(contents, channels=3, ratio=r, dct_method="INTEGER_FAST"))
+        for ratio in DCT_SCALES
+    ]
+    return tf.switch_case(choice, branches)
+
+
+def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Read and decode one JPEG file to a float32 RGB tensor of shape (height, width, 3) in [0, 255]."""
+    contents = tf.io.read_file(path)
+    image = _decode_reduced(contents, size)
+    image = tf.image.resize(image, size, method="bilinear", antialias=True)
+    return tf.ensure_shape(image, (*size, 3))
+
+
+def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, *,
+                  ids: Sequence[str] | None = None, labels: Sequence[int] | None = None,
+                  shuffle: bool = False, seed: int = 0,
+                  augment: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
+                  repeat: bool = False) -> tf.data.Dataset:
+    """Build a batched, prefetched dataset of decoded frames.
+
+    Args:
+        paths: JPEG files.
+        size: (height, width) of the output frames.
+        batch_size: frames per batch.
+        ids: image ids travelling with the frames; yields ``(images, ids)`` when given without labels.
+        labels: class indices; yields ``(images, labels)`` (for training).
+        shuffle: shuffle the files each epoch, seeded.
+        seed: shuffle seed.
+        augment: a batched function ``(images, labels) -> (images, labels)`` applied after batching.
+        repeat: repeat indefinitely (training with ``steps_per_epoch``).
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(images, ids)``, ``(images, labels)`` or ``images`` batches.
+    """
+    paths = [str(p) for p in paths]
+    columns: list[tf.Tensor] = [tf.constant(paths)]
+    if labels is not None:
+        columns.append(tf.constant(list(labels), dtype=tf.int32))
+    elif ids is not None:
+        columns.append(tf.constant([str(i) for i in ids]))
+    dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
+
+    if shuffle:
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+
+    def load(path: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        return (decode_image(path, size), *rest)
+
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    dataset = dataset.batch(batch_size, drop_remainder=False)
+    if augment is not None:
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if len(columns) == 1:
+        dataset = dataset.map(lambda images: images)
+    return dataset.prefetch(tf.data.AUTOTUNE)

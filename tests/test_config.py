@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from kaggle_sf.config import Config, ConfigError, flatten, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_load_without_a_file():
+    config = load_config()
+    assert config == Config()
+    assert config.backbones[0].label == "mobilenet_0.25_224x224"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    load_config(CONFIGS / name)
+
+
+def test_set_overrides_nested_and_list_keys():
+    config = load_config(None, ["folds.n_splits=4", "backbones.0.alpha=0.5", "train.head.learning_rate=3e-4",
+                                "backbones.0.input_size=[192, 256]"])
+    assert config.folds.n_splits == 4
+    assert config.backbones[0].alpha == 0.5
+    assert config.train.head.learning_rate == pytest.approx(3e-4)
+    assert config.backbones[0].input_size == (192, 256)
+
+
+def test_yaml_backbone_entries_start_from_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("backbones:\n  - name: resnet50\n    input_size: [224, 224]\n  - name: mobilenet\n")
+    config = load_config(path)
+    assert [b.name for b in config.backbones] == ["resnet50", "mobilenet"]
+    assert config.backbones[1].alpha == 0.25
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["folds.n_split=4"], "folds.n_split"),
+    (["folds.n_splits=0"], "folds.n_splits"),
+    (["folds.n_splits=four"], "folds.n_splits"),
+    (["train.head.learning_rate=-0.1"], "train.head.learning_rate"),
+    (["backbones.0.name=vgg16"], "backbones.name"),
+    (["train.mode=magic"], "train.mode"),
+    (["train.head.dropout=1.5"], "train.head.dropout"),
+])
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  head:\n    learnig_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.head\.learnig_rate'"):
+        load_config(path)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_flatten_gives_dotted_keys():
+    flat = flatten(Config().to_dict())
+    assert flat["folds.n_splits"] == "5"
+    assert flat["backbones.0.name"] == "mobilenet"
+    assert flat["train.head.learning_rate"] == "0.001"
