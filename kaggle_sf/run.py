@@ -22,6 +22,7 @@ from kaggle_sf import tracking
 from kaggle_sf.config import BackboneConfig, Config, flatten
 from kaggle_sf.data.catalog import Catalog, load_catalog
 from kaggle_sf.data.folds import make_folds
+from kaggle_sf.ensemble import fold_average, out_of_fold
 from kaggle_sf.metrics import accuracy, log_loss
 from kaggle_sf.submission import build_submission, clip_and_normalise, write_submission
 from kaggle_sf.train import CLASS_INDEX, FoldResult, class_indices
@@ -157,21 +158,6 @@ def train_heads(config: Config, backbone: BackboneConfig, catalog: Catalog, fold
             tracking.log_table(run.info.run_id, result.oof, "predictions/oof.csv")
         results.append(result)
     return results
-
-
-def out_of_fold(results: list[FoldResult], folds: pd.DataFrame) -> pd.DataFrame:
-    """Stack the fold models' validation predictions into one table aligned with ``folds`` by id."""
-    stacked = pd.concat([r.oof for r in results], ignore_index=True).set_index("img")
-    validated = folds[folds["fold"] >= 0]
-    return stacked.reindex(validated["img"]).reset_index()
-
-
-def fold_average(results: list[FoldResult], test_ids: list[str]) -> pd.DataFrame:
-    """Average the fold models' test predictions, matched by id, in ``test_ids`` order."""
-    stacked = np.stack([r.test.set_index("img").reindex(test_ids).to_numpy() for r in results])
-    table = pd.DataFrame(stacked.mean(axis=0), columns=results[0].test.columns[1:])
-    table.insert(0, "img", test_ids)
-    return table
 
 
 def score(predictions: pd.DataFrame, labels: pd.DataFrame) -> tuple[float, float]:
