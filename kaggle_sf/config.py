@@ -35,7 +35,11 @@ class DataConfig:
     """How competition images are read."""
 
     on_bad_image: str = "fail"
-    """``fail`` stops the run at the first undecodable image; ``skip`` lists and leaves them out."""
+    """What to do with images that cannot be decoded, which a cheap check finds before feature extraction.
+
+    ``fail`` stops the run and lists them all. ``skip`` lists them and leaves them out; a skipped test
+    image gets the training class prior in the submission.
+    """
 
     def __post_init__(self) -> None:
         _require(self.on_bad_image in ("fail", "skip"), "data.on_bad_image",
@@ -145,6 +149,8 @@ class FinetuneConfig:
         PhaseConfig(epochs=2, learning_rate=1e-5),
     )
     batch_size: int = 32
+    max_images_per_epoch: int = 0
+    """Cap on training frames drawn per epoch (a fresh random subset each epoch); 0 uses all."""
     dropout: float = 0.5
     patience: int = 2
     augment: bool = True
@@ -155,6 +161,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         _require(len(self.phases) >= 1, "train.finetune.phases", "needs at least one phase")
         _require(self.batch_size >= 1, "train.finetune.batch_size", f"must be at least 1, got {self.batch_size}")
+        _require(self.max_images_per_epoch >= 0, "train.finetune.max_images_per_epoch",
+                 f"must be >= 0, got {self.max_images_per_epoch}")
         _require(0 <= self.dropout < 1, "train.finetune.dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.patience >= 1, "train.finetune.patience", f"must be at least 1, got {self.patience}")
         _require(0 <= self.half_merge_probability <= 1, "train.finetune.half_merge_probability",
@@ -175,30 +183,127 @@ class TrainConfig:
                  f"expected 'head' or 'finetune', got {self.mode!r}")
 
 
+def _require_range(bounds: tuple[float, float], key: str, *, log: bool) -> None:
+    low, high = bounds
+    _require(low < high, key, f"expected [low, high] with low < high, got {list(bounds)}")
+    if log:
+        _require(low > 0, key, f"a log-scale range needs a positive low end, got {list(bounds)}")
+
+
+@dataclass(frozen=True)
+class HeadSearchSpace:
+    """Ranges of the head search: learning rate and weight decay on a log scale, dropout on a linear one."""
+
+    learning_rate: tuple[float, float] = (1e-5, 1e-1)
+    dropout: tuple[float, float] = (0.0, 0.8)
+    weight_decay: tuple[float, float] = (1e-7, 1e-1)
+    batch_sizes: tuple[int, ...] = (32, 64, 128, 256)
+
+    def __post_init__(self) -> None:
+        _require_range(self.learning_rate, "search.head.learning_rate", log=True)
+        _require_range(self.weight_decay, "search.head.weight_decay", log=True)
+        _require_range(self.dropout, "search.head.dropout", log=False)
+        _require(0 <= self.dropout[0] and self.dropout[1] < 1, "search.head.dropout",
+                 f"must lie in [0, 1), got {list(self.dropout)}")
+        _require(len(self.batch_sizes) >= 1 and all(size >= 1 for size in self.batch_sizes),
+                 "search.head.batch_sizes", f"expected a list of sizes of at least 1, got {list(self.batch_sizes)}")
+
+
+@dataclass(frozen=True)
+class FinetuneSearchConfig:
+    """Short fine-tuning trials over the learning rate of the backbone phases."""
+
+    learning_rate: tuple[float, float] = (1e-6, 1e-2)
+    """Range of the first backbone-training phase's rate; later backbone phases keep their configured ratio."""
+    steps: int = 200
+    """Training steps per trial, at ``train.finetune.batch_size`` frames per step."""
+    evaluations: int = 4
+    """Validation passes per trial, evenly spaced; each is a point where the pruner may stop the trial."""
+    n_train_images: int = 1024
+    """Frames sampled from the first fold's training drivers, decoded once per search."""
+    n_val_images: int = 512
+    """Frames sampled from the first fold's validation drivers, decoded once per search."""
+
+    def __post_init__(self) -> None:
+        _require_range(self.learning_rate, "search.finetune.learning_rate", log=True)
+        _require(self.evaluations >= 1, "search.finetune.evaluations", f"must be at least 1, got {self.evaluations}")
+        _require(self.steps >= self.evaluations, "search.finetune.steps",
+                 f"must be at least search.finetune.evaluations ({self.evaluations}), got {self.steps}")
+        _require(self.n_train_images >= 1, "search.finetune.n_train_images",
+                 f"must be at least 1, got {self.n_train_images}")
+        _require(self.n_val_images >= 1, "search.finetune.n_val_images", f"must be at least 1, got {self.n_val_images}")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """Optuna search over learning rates and head settings."""
+    """Optuna search over learning rates and head settings, one study per backbone.
+
+    In ``head`` mode the study tunes the head on cached features by out-of-fold log loss; in ``finetune``
+    mode it tunes the backbone learning rate with short fine-tuning trials.
+    """
 
     enabled: bool = False
     n_trials: int = 30
+    """Finished (complete or pruned) trials each study should hold, counted over all workers and restarts."""
     timeout_s: float = 600.0
+    """Wall-clock limit of one process's search on one backbone, in seconds."""
     storage: str = ""
-    """Optuna storage URL; empty means SQLite under ``mlruns/``."""
+    """Optuna storage URL, e.g. ``postgresql+psycopg2://user:password@host/db``; empty means
+    ``sqlite:///<work_dir>/mlruns/optuna.db``."""
+    study_name: str = "kaggle_sf"
+    """Prefix of the study names; the rest is the search kind, the backbone and a digest of the data."""
+    seed: int = 42
+    """Seed of the sampler: each trial's draws are seeded by this plus the trial number."""
+    n_startup_trials: int = 8
+    """Trials sampled at random before TPE models the results."""
+    pruner: str = "median"
+    """``median`` stops a trial whose value at a step is worse than the median of earlier trials; ``none``."""
+    pruner_startup_trials: int = 4
+    """Finished trials the pruner waits for before it stops any."""
+    head: HeadSearchSpace = field(default_factory=HeadSearchSpace)
+    finetune: FinetuneSearchConfig = field(default_factory=FinetuneSearchConfig)
 
     def __post_init__(self) -> None:
         _require(self.n_trials >= 1, "search.n_trials", f"must be at least 1, got {self.n_trials}")
         _require(self.timeout_s > 0, "search.timeout_s", f"must be positive, got {self.timeout_s}")
+        _require(bool(self.study_name.strip()), "search.study_name", "must not be empty")
+        _require(self.n_startup_trials >= 0, "search.n_startup_trials",
+                 f"must be >= 0, got {self.n_startup_trials}")
+        _require(self.pruner in ("median", "none"), "search.pruner",
+                 f"expected 'median' or 'none', got {self.pruner!r}")
+        _require(self.pruner_startup_trials >= 0, "search.pruner_startup_trials",
+                 f"must be >= 0, got {self.pruner_startup_trials}")
 
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """Blending of fold models into the submission."""
+    """The blend stage: candidate recipes for the submission, scored on out-of-fold predictions."""
 
     clip: float = 1e-3
-    """Test probabilities are clipped to [clip, 1 - clip] and renormalised; 0 disables clipping."""
+    """Bound of the clipping calibration: probabilities clipped to [clip, 1 - clip] and renormalised.
+    Calibration keeps it only where it lowers the out-of-fold loss; 0 leaves clipping out."""
+    smoothing: bool = True
+    """Try neighbour smoothing in each backbone's bottleneck-feature space."""
+    neighbours: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 20, 30, 50)
+    """Neighbour counts tried by smoothing."""
+    neighbour_weights: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    """Weights of the neighbours' mean tried by smoothing; the frame's own prediction keeps the rest."""
+    held_out_repeats: int = 3
+    """Random splits of the drivers into halves for the held-out check; each is fitted both ways."""
+    select_by: str = "held_out"
+    """``held_out`` chooses the candidate with the lowest held-out loss, ``oof`` the lowest OOF loss."""
 
     def __post_init__(self) -> None:
         _require(0 <= self.clip < 0.1, "ensemble.clip", f"must be in [0, 0.1), got {self.clip}")
+        _require(len(self.neighbours) >= 1 and all(k >= 1 for k in self.neighbours), "ensemble.neighbours",
+                 f"expected a list of counts of at least 1, got {list(self.neighbours)}")
+        _require(len(self.neighbour_weights) >= 1 and all(0 < w <= 1 for w in self.neighbour_weights),
+                 "ensemble.neighbour_weights",
+                 f"expected a list of weights in (0, 1], got {list(self.neighbour_weights)}")
+        _require(self.held_out_repeats >= 1, "ensemble.held_out_repeats",
+                 f"must be at least 1, got {self.held_out_repeats}")
+        _require(self.select_by in ("held_out", "oof"), "ensemble.select_by",
+                 f"expected 'held_out' or 'oof', got {self.select_by!r}")
 
 
 @dataclass(frozen=True)
@@ -211,8 +316,26 @@ class SubmitConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    """Charts and class-activation grids logged to the run's MLflow artifacts."""
+
+    enabled: bool = True
+    frames_per_class: int = 2
+    """Right predictions per class in the class-activation grid, and as many wrong ones; also the number
+    of sample frames per class."""
+    method: str = "auto"
+    """``cam`` (pooling + dense heads), ``gradcam`` (any model), or ``auto``: CAM where it applies."""
+
+    def __post_init__(self) -> None:
+        _require(self.frames_per_class >= 1, "explain.frames_per_class",
+                 f"must be at least 1, got {self.frames_per_class}")
+        _require(self.method in ("auto", "cam", "gradcam"), "explain.method",
+                 f"expected 'auto', 'cam' or 'gradcam', got {self.method!r}")
+
+
+@dataclass(frozen=True)
 class Config:
-    """A whole run: data, folds, backbones, training, blending, submission."""
+    """A whole run: data, folds, backbones, training, blending, submission, charts."""
 
     competition: str = "state-farm-distracted-driver-detection"
     run_name: str = ""
@@ -226,6 +349,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
 
     def __post_init__(self) -> None:
         _require(len(self.backbones) >= 1, "backbones", "needs at least one backbone")

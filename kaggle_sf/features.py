@@ -4,7 +4,8 @@ A cache file is named by a key over everything that determines its contents (bac
 file hash, input size, preprocessing, decoder, and the list of images with their sizes), so a changed
 input gets a new file and an unchanged one is reused. Features are written batch by batch into a
 preallocated dataset, so memory does not grow with the number of images, and the file is renamed into
-place only when complete.
+place only when complete. Jobs that share a cache folder take a lock per cache file
+(``<file>.lock``): while one job extracts, another that needs the same file waits, then reuses it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from kaggle_sf.atomic import atomic_path
+from kaggle_sf.atomic import atomic_path, remove_stale_temporaries
 from kaggle_sf.config import BackboneConfig
+from kaggle_sf.crash import crash_point
+from kaggle_sf.lock import exclusive
 from kaggle_sf.models.backbones import get_spec, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
-DECODER_VERSION = "jpeg-dct-reduced-bilinear-antialias-v1"
+DECODER_VERSION = "jpeg-dct-reduced-bilinear-antialias-v2"
 """Changes whenever image decoding changes, so features cached by an older decoder are not reused."""
 
 
@@ -84,27 +87,49 @@ def read_features(path: Path) -> Features:
     return Features(ids=np.asarray(ids), values=values, path=Path(path))
 
 
-def extract_features(backbone: BackboneConfig, images: pd.DataFrame, cache_dir: Path, *,
-                     split: str, batch_size: int = 32) -> Features:
-    """Return the bottleneck features of ``images``, computing and caching them on a cache miss.
+def _read_cached(path: Path, key: dict[str, object], n_images: int) -> Features | None:
+    """Return the cached features at ``path``, or None (deleting the file) when it is unreadable or foreign."""
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as handle:
+            stored_key = handle.attrs.get("key")
+        features = read_features(path)
+    except (OSError, KeyError, ValueError) as error:
+        problem = f"cannot be read ({error})"
+    else:
+        if stored_key != json.dumps(key, sort_keys=True):
+            problem = "was written for another cache key"
+        elif features.values.shape[0] != n_images or len(features.ids) != n_images:
+            problem = f"holds {features.values.shape[0]} rows instead of {n_images}"
+        else:
+            return features
+    logger.warning("Features cache file %s %s; deleting it and extracting again", path, problem)
+    path.unlink(missing_ok=True)
+    return None
 
-    Args:
-        backbone: the backbone and its weights.
-        images: table with columns ``img, path``.
-        cache_dir: folder of the HDF5 cache files.
-        split: ``train`` or ``test``; part of the file name only.
-        batch_size: images per forward pass.
 
-    Returns:
-        The features, one row per image of ``images`` in the same order.
-    """
-    key = cache_key(backbone, images)
-    path = cache_path(cache_dir, backbone, split, key)
-    if path.is_file():
-        logger.info("Reusing cached %s features of %d %s images: %s", backbone.label, len(images), split, path)
-        return read_features(path)
+def _find_undecodable(paths: list[str], size: tuple[int, int]) -> tuple[str, str] | None:
+    """Decode ``paths`` one at a time and return the first that fails, with TensorFlow's message."""
+    import tensorflow as tf
 
+    from kaggle_sf.data.images import decode_image
+
+    for path in paths:
+        try:
+            decode_image(tf.constant(path), size)
+        except tf.errors.OpError as error:
+            return path, error.message.strip().splitlines()[0]
+    return None
+
+
+def _write_features(backbone: BackboneConfig, images: pd.DataFrame, path: Path, key: dict[str, object],
+                    split: str, batch_size: int) -> None:
+    """Compute the features of ``images`` and write them to ``path``, renamed into place when complete."""
     # TensorFlow is imported here so that reading a cache hit does not start it.
+    import tensorflow as tf
+
+    from kaggle_sf.data.image_check import BadImageError
     from kaggle_sf.data.images import image_dataset
     from kaggle_sf.models.backbones import build_backbone
 
@@ -122,13 +147,53 @@ def extract_features(backbone: BackboneConfig, images: pd.DataFrame, cache_dir: 
             written = 0
             with tqdm(total=len(images), desc=f"{backbone.label} {split} features", unit="img",
                       disable=None) as progress:
-                for batch_images, batch_ids in dataset:
-                    batch_values = model(batch_images, training=False).numpy()
-                    end = written + len(batch_values)
-                    values[written:end] = batch_values
-                    ids[written:end] = [i.decode() for i in batch_ids.numpy()]
-                    written = end
-                    progress.update(len(batch_values))
+                try:
+                    for batch_images, batch_ids in dataset:
+                        batch_values = model(batch_images, training=False).numpy()
+                        end = written + len(batch_values)
+                        values[written:end] = batch_values
+                        ids[written:end] = [i.decode() for i in batch_ids.numpy()]
+                        written = end
+                        progress.update(len(batch_values))
+                        crash_point("features batch")
+                except tf.errors.InvalidArgumentError as error:
+                    # The dataset keeps file order, so the failing file is at or after the next row to write.
+                    found = _find_undecodable(images["path"].iloc[written:].tolist(), backbone.input_size)
+                    path_text, message = found if found else ("an image", error.message.strip().splitlines()[0])
+                    raise BadImageError(f"TensorFlow cannot decode {path_text} ({message}), although the image "
+                                        "check passed it; replace or delete the file and run again") from error
             if written != len(images):
                 raise RuntimeError(f"feature extraction wrote {written} of {len(images)} images")
+
+
+def extract_features(backbone: BackboneConfig, images: pd.DataFrame, cache_dir: Path, *,
+                     split: str, batch_size: int = 32) -> Features:
+    """Return the bottleneck features of ``images``, computing and caching them on a cache miss.
+
+    A cache file that cannot be read, or that holds another key or the wrong number of rows, is
+    deleted and computed again. Temporary files left by a killed extraction of the same file are
+    deleted first.
+
+    Args:
+        backbone: the backbone and its weights.
+        images: table with columns ``img, path``.
+        cache_dir: folder of the HDF5 cache files.
+        split: ``train`` or ``test``; part of the file name only.
+        batch_size: images per forward pass.
+
+    Returns:
+        The features, one row per image of ``images`` in the same order.
+
+    Raises:
+        BadImageError: TensorFlow cannot decode an image; the message names the file.
+    """
+    key = cache_key(backbone, images)
+    path = cache_path(cache_dir, backbone, split, key)
+    with exclusive(path.with_name(path.name + ".lock"), f"extracting {backbone.label} {split} features"):
+        cached = _read_cached(path, key, len(images))
+        if cached is not None:
+            logger.info("Reusing cached %s features of %d %s images: %s", backbone.label, len(images), split, path)
+            return cached
+        remove_stale_temporaries(path.parent, path.name)
+        _write_features(backbone, images, path, key, split, batch_size)
     return read_features(path)

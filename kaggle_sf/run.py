@@ -19,12 +19,19 @@ import numpy as np
 import pandas as pd
 
 from kaggle_sf import tracking
-from kaggle_sf.config import BackboneConfig, Config, flatten
+from kaggle_sf.atomic import remove_stale_temporaries
+from kaggle_sf.config import CLASSES, BackboneConfig, Config, flatten
+from kaggle_sf.crash import crash_point
 from kaggle_sf.data.catalog import Catalog, load_catalog
 from kaggle_sf.data.folds import make_folds
-from kaggle_sf.ensemble import fold_average, out_of_fold
+from kaggle_sf.data.image_check import screen_catalog
+from kaggle_sf.ensemble import make_blend_inputs
+from kaggle_sf.features import DECODER_VERSION, Features, extract_features, image_list_digest
+from kaggle_sf.lock import exclusive
 from kaggle_sf.metrics import accuracy, log_loss
-from kaggle_sf.submission import build_submission, clip_and_normalise, write_submission
+from kaggle_sf.models.backbones import weights_fingerprint
+from kaggle_sf.selection import BlendResult, FeatureSpace, choose_blend, feature_space, summarise
+from kaggle_sf.submission import build_submission, write_submission
 from kaggle_sf.train import CLASS_INDEX, FoldResult, class_indices
 
 logger = logging.getLogger(__name__)
@@ -40,6 +47,10 @@ class RunResult:
     submission_path: Path
     test_log_loss: float | None = None
     """Log loss against ``test_labels.csv`` when the data directory has one (synthetic and dev data)."""
+    ensemble_chosen: str = ""
+    """Name of the blend candidate behind the submission, e.g. ``blend_arithmetic+smoothing+calibration``."""
+    held_out_log_loss: float | None = None
+    """The chosen candidate's loss when fitted on half of the drivers and scored on the other half."""
 
 
 # --- Data ----------------------------------------------------------------------------------------
@@ -55,7 +66,8 @@ def prepare_data_dir(data_dir: Path, competition: str) -> bool:
     if (data_dir / "SYNTHETIC.txt").is_file():
         logger.warning("%s holds the SYNTHETIC State-Farm-format dataset, not the competition's frames", data_dir)
         return True
-    if data_dir.is_dir() and any(data_dir.iterdir()):
+    # Hidden entries (.gitkeep, an interrupted download's .kaggle-download/) do not count as data.
+    if data_dir.is_dir() and any(not p.name.startswith(".") for p in data_dir.iterdir()):
         return False
 
     from kaggle_sf.kaggle_client import have_credentials
@@ -64,7 +76,7 @@ def prepare_data_dir(data_dir: Path, competition: str) -> bool:
         from kaggle_sf.data.fetch import download_competition
 
         logger.info("%s is empty: downloading %s with your Kaggle credentials", data_dir, competition)
-        download_competition(competition, data_dir)
+        download_competition(competition, data_dir, show_progress=True)
         return False
 
     from kaggle_sf.data.synthetic import generate_dataset
@@ -73,10 +85,22 @@ def prepare_data_dir(data_dir: Path, competition: str) -> bool:
                    "State-Farm-format dataset there. Scores on it say nothing about the competition; "
                    "put the competition files in %s (or set up Kaggle credentials) for a real run",
                    data_dir, data_dir)
-    if data_dir.is_dir():
-        data_dir.rmdir()  # empty, checked above; the generator renames a finished folder into place
     generate_dataset(data_dir)
     return True
+
+
+def class_prior_predictions(train: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """Return ``img, c0..c9`` rows that all hold the training class frequencies, add-one smoothed.
+
+    This is the submission's row for a test image that cannot be decoded: Kaggle scores every test id,
+    and the class prior is the constant prediction with the lowest expected log loss when the test
+    classes are distributed like the training classes.
+    """
+    counts = train["classname"].value_counts().reindex(list(CLASSES), fill_value=0).to_numpy(dtype=np.float64)
+    prior = (counts + 1) / (counts.sum() + len(CLASSES))
+    table = pd.DataFrame(np.tile(prior, (len(ids), 1)), columns=list(CLASSES))
+    table.insert(0, "img", list(ids))
+    return table
 
 
 def read_test_labels(data_dir: Path) -> pd.DataFrame | None:
@@ -109,13 +133,10 @@ def _child_run(parent_id: str, experiment_id: str, name: str, stage: str):
                             tags={"stage": stage})
 
 
-def train_heads(config: Config, backbone: BackboneConfig, catalog: Catalog, folds: pd.DataFrame,
-                work_dir: Path, parent_id: str, experiment_id: str) -> list[FoldResult]:
-    """Extract (or reuse) one backbone's features, then train or reuse a head per fold."""
+def extract_backbone_features(config: Config, backbone: BackboneConfig, catalog: Catalog, work_dir: Path,
+                              parent_id: str, experiment_id: str) -> tuple[Features, Features]:
+    """Extract (or reuse) one backbone's bottleneck features of the train and test frames."""
     import mlflow
-
-    from kaggle_sf.features import extract_features
-    from kaggle_sf.train import train_head_fold
 
     cache_dir = Path(work_dir) / "cache" / "features"
     started = time.monotonic()
@@ -128,36 +149,120 @@ def train_heads(config: Config, backbone: BackboneConfig, catalog: Catalog, fold
                                               "train_file": train_features.path.name,
                                               "test_file": test_features.path.name})
         mlflow.log_metric("seconds", time.monotonic() - started)
+    return train_features, test_features
 
+
+def fold_models_key(config: Config, backbone: BackboneConfig, catalog: Catalog, folds: pd.DataFrame,
+                    train_features: Features, test_features: Features) -> dict[str, object]:
+    """Return everything that determines the fold models of one backbone under the configured mode."""
+    key: dict[str, object] = {"mode": config.train.mode, "seed": config.seed,
+                              "folds": _digest(folds.loc[:, ["img", "fold"]].to_numpy().tolist())}
+    if config.train.mode == "head":
+        key.update(train_features=train_features.path.name, test_features=test_features.path.name,
+                   head=asdict(config.train.head))
+    else:
+        key.update(backbone=asdict(backbone), weights=weights_fingerprint(backbone),
+                   finetune=asdict(config.train.finetune), decoder=DECODER_VERSION,
+                   train_images=image_list_digest(catalog.train), test_images=image_list_digest(catalog.test))
+    return key
+
+
+def train_folds(config: Config, backbone: BackboneConfig, catalog: Catalog, folds: pd.DataFrame,
+                features: tuple[Features, Features], work_dir: Path, parent_id: str,
+                experiment_id: str) -> list[FoldResult]:
+    """Train, or reuse when finished, one model per fold: a head on cached features or a fine-tuned network."""
+    import mlflow
+
+    from kaggle_sf.finetune import finetune_fold
+    from kaggle_sf.train import train_head_fold
+
+    train_features, test_features = features
+    mode = config.train.mode
+    settings = flatten(asdict(config.train.head if mode == "head" else config.train.finetune), mode)
+    key = fold_models_key(config, backbone, catalog, folds, train_features, test_features)
     train_x = train_features.aligned(folds["img"])
     train_y = class_indices(folds["classname"])
     test_x = test_features.aligned(catalog.test["img"])
-    key = {"mode": "head", "train_features": train_features.path.name, "test_features": test_features.path.name,
-           "head": asdict(config.train.head), "seed": config.seed,
-           "folds": _digest(folds.loc[:, ["img", "fold"]].to_numpy().tolist())}
+    frames = catalog.train.set_index("img").loc[folds["img"]].reset_index()
 
     results = []
     for fold in sorted(int(k) for k in folds.loc[folds["fold"] >= 0, "fold"].unique()):
         folder = fold_model_dir(work_dir, backbone, key, fold)
         with _child_run(parent_id, experiment_id, f"{backbone.label}/fold{fold}", "fold") as run:
-            mlflow.set_tags({"backbone": backbone.label, "fold": str(fold), "mode": "head"})
-            tracking.log_params(run.info.run_id, flatten(asdict(config.train.head), "head"))
-            result = FoldResult.load(folder)
-            if result is not None:
-                logger.info("Reusing finished %s fold %d model from %s", backbone.label, fold, folder)
-                mlflow.set_tag("reused", "true")
-            else:
+            mlflow.set_tags({"backbone": backbone.label, "fold": str(fold), "mode": mode,
+                             "model_dir": str(folder.resolve())})
+            tracking.log_params(run.info.run_id, settings)
+            # The lock makes a concurrent job with the same key wait for this fold model, then reuse it.
+            with exclusive(folder.with_name(folder.name + ".lock"), f"training {backbone.label} fold {fold}"):
+                result = _load_fold_result(folder)
                 is_validation = (folds["fold"] == fold).to_numpy()
-                result = train_head_fold(
-                    fold, train_x[~is_validation], train_y[~is_validation], train_x[is_validation],
-                    train_y[is_validation], folds.loc[is_validation, "img"].tolist(), test_x,
-                    catalog.test["img"].tolist(), config.train.head, seed=config.seed + int(fold))
-                result.save(folder)
+                if result is not None:
+                    logger.info("Reusing finished %s fold %d model from %s", backbone.label, fold, folder)
+                    mlflow.set_tag("reused", "true")
+                elif mode == "head":
+                    remove_stale_temporaries(folder)
+                    result = train_head_fold(
+                        fold, train_x[~is_validation], train_y[~is_validation], train_x[is_validation],
+                        train_y[is_validation], folds.loc[is_validation, "img"].tolist(), test_x,
+                        catalog.test["img"].tolist(), config.train.head, seed=config.seed + fold)
+                    result.save(folder)
+                else:
+                    remove_stale_temporaries(folder)
+                    result = finetune_fold(backbone, fold, frames[~is_validation], frames[is_validation],
+                                           catalog.test, config.train.finetune, seed=config.seed + fold,
+                                           folder=folder)
+                    result.save(folder)
+            crash_point(f"fold {fold} saved")
             mlflow.log_metrics(result.metrics)
             tracking.log_history(run.info.run_id, result.history)
             tracking.log_table(run.info.run_id, result.oof, "predictions/oof.csv")
         results.append(result)
     return results
+
+
+def _load_fold_result(folder: Path) -> FoldResult | None:
+    """Return the finished fold model in ``folder``, or None when there is none or it cannot be read."""
+    try:
+        return FoldResult.load(folder)
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("The fold model in %s cannot be read (%s); training it again", folder, error)
+        return None
+
+
+def blend_fold_models(config: Config, results_by_backbone: dict[str, list[FoldResult]],
+                      spaces: dict[str, FeatureSpace], folds: pd.DataFrame, test_ids: list[str], parent_id: str,
+                      test_labels: pd.DataFrame | None) -> BlendResult:
+    """Run the blend stage on every backbone's fold models and log its table to the parent run.
+
+    Logs ``ensemble/candidates.csv``, ``ensemble/selection.csv``, the chosen candidate's OOF predictions
+    as ``predictions/oof.csv``, its name as tag and param ``ensemble.chosen``, and its ``oof_log_loss``
+    and ``held_out_log_loss``. The ``selection_*`` metrics show what choosing by in-sample loss costs:
+    the in-sample winner on half of the drivers, scored there and on the other half.
+    """
+    import mlflow
+
+    inputs = make_blend_inputs(results_by_backbone, folds, test_ids)
+    result = choose_blend(inputs, folds, config.ensemble, config.seed, spaces, test_labels)
+
+    candidates = result.candidates.set_index("candidate")
+    for label in results_by_backbone:
+        mlflow.log_metric(f"oof_log_loss_{label}", float(candidates.loc[f"backbone/{label}", "oof_log_loss"]))
+    mlflow.log_metrics({"oof_log_loss": float(result.chosen_row["oof_log_loss"]),
+                        "held_out_log_loss": float(result.chosen_row["held_out_log_loss"]),
+                        "selection_in_sample_log_loss": float(result.selection["winner_in_sample_log_loss"].mean()),
+                        "selection_held_out_log_loss": float(result.selection["winner_held_out_log_loss"].mean())})
+    mlflow.set_tag("ensemble.chosen", result.chosen)
+    mlflow.log_param("ensemble.chosen", result.chosen)
+    tracking.log_table(parent_id, result.candidates, "ensemble/candidates.csv")
+    tracking.log_table(parent_id, result.selection, "ensemble/selection.csv")
+    tracking.log_table(parent_id, result.oof, "predictions/oof.csv")
+
+    for line in summarise(result):
+        logger.info("%s", line)
+    logger.info("Chosen blend %s: OOF log loss %.4f, held-out %.4f (%s)", result.chosen,
+                result.chosen_row["oof_log_loss"], result.chosen_row["held_out_log_loss"],
+                result.chosen_row["description"])
+    return result
 
 
 def score(predictions: pd.DataFrame, labels: pd.DataFrame) -> tuple[float, float]:
@@ -189,8 +294,13 @@ def run(config: Config, data_dir: Path, work_dir: Path, config_path: Path | None
 
     data_dir, work_dir = Path(data_dir), Path(work_dir)
     run_name = config.run_name or default_run_name(config_path)
-    synthetic = prepare_data_dir(data_dir, config.competition)
-    catalog = load_catalog(data_dir)
+    # Two jobs on one work directory must not download, generate or extract into the same folder at once.
+    data_lock = work_dir / "cache" / "locks" / f"data-{_digest(str(data_dir.resolve()))}.lock"
+    with exclusive(data_lock, f"preparing {data_dir}"):
+        synthetic = prepare_data_dir(data_dir, config.competition)
+        catalog = load_catalog(data_dir)
+    screened = screen_catalog(catalog, config.data.on_bad_image, work_dir / "cache" / "image_checks")
+    catalog = screened.catalog
     folds = make_folds(catalog.train, config.folds.n_splits, config.folds.seed, config.folds.validation_subjects)
 
     tracking.configure_tracking(work_dir)
@@ -203,38 +313,60 @@ def run(config: Config, data_dir: Path, work_dir: Path, config_path: Path | None
         mlflow.log_params({"n_train_images": len(catalog.train), "n_test_images": len(catalog.test),
                            "n_subjects": len(catalog.subjects)})
         tracking.log_table(parent_id, folds, "folds.csv")
+        mlflow.log_param("n_bad_images", len(screened.bad_images))
+        if len(screened.bad_images):
+            tracking.log_table(parent_id, screened.bad_images, "bad_images.csv")
 
-        # One fold ensemble per backbone, then the average over backbones.
-        oof_tables, test_tables = [], []
+        # One fold ensemble per backbone; the blend stage then scores every way of combining them.
+        validated = folds[folds["fold"] >= 0]
+        results_by_backbone: dict[str, list[FoldResult]] = {}
+        spaces: dict[str, FeatureSpace] = {}
         for backbone in config.backbones:
-            results = train_heads(config, backbone, catalog, folds, work_dir, parent_id, experiment)
-            oof = out_of_fold(results, folds)
-            backbone_loss = log_loss(class_indices(folds.loc[folds["fold"] >= 0, "classname"]),
-                                     oof.iloc[:, 1:].to_numpy())
-            mlflow.log_metric(f"oof_log_loss_{backbone.label}", backbone_loss)
-            logger.info("%s: out-of-fold log loss %.4f over %d folds", backbone.label, backbone_loss, len(results))
-            oof_tables.append(oof)
-            test_tables.append(fold_average(results, catalog.test["img"].tolist()))
+            features = extract_backbone_features(config, backbone, catalog, work_dir, parent_id, experiment)
+            backbone_config = config
+            if config.search.enabled:
+                # The study's best head settings (or fine-tuning rates) replace the configured ones.
+                from kaggle_sf.search.stage import search_backbone
 
-        oof = oof_tables[0].copy()
-        oof.iloc[:, 1:] = np.mean([t.iloc[:, 1:].to_numpy() for t in oof_tables], axis=0)
-        oof_loss = log_loss(class_indices(folds.loc[folds["fold"] >= 0, "classname"]), oof.iloc[:, 1:].to_numpy())
-        mlflow.log_metric("oof_log_loss", oof_loss)
-        tracking.log_table(parent_id, oof, "predictions/oof.csv")
+                backbone_config = search_backbone(config, backbone, catalog, folds, features[0], work_dir,
+                                                  parent_id, experiment).config
+            results = train_folds(backbone_config, backbone, catalog, folds, features, work_dir, parent_id,
+                                  experiment)
+            results_by_backbone[backbone.label] = results
+            if config.ensemble.smoothing:
+                train_features, test_features = features
+                spaces[backbone.label] = feature_space(
+                    train_features.aligned(validated["img"]), validated["fold"].to_numpy(),
+                    test_features.aligned(catalog.test["img"]), max(config.ensemble.neighbours))
 
-        test_probabilities = np.mean([t.iloc[:, 1:].to_numpy() for t in test_tables], axis=0)
-        test_probabilities = clip_and_normalise(test_probabilities, config.ensemble.clip)
-        submission = build_submission(catalog.test["img"].tolist(), test_probabilities, catalog.test["img"].tolist())
-        csv_path, gz_path = write_submission(submission, work_dir / "submissions" / f"{run_name}.csv",
-                                             catalog.test["img"].tolist())
+        labels = read_test_labels(data_dir)
+        blended = blend_fold_models(config, results_by_backbone, spaces, folds, catalog.test["img"].tolist(),
+                                    parent_id, labels)
+        oof_loss = float(blended.chosen_row["oof_log_loss"])
+        crash_point("blend")
+        # Test images left out as undecodable get the class prior, so that every test id has a row.
+        predicted = pd.concat([blended.test, class_prior_predictions(catalog.train, screened.skipped_test_ids)],
+                              ignore_index=True)
+        submission = build_submission(predicted["img"].tolist(), predicted.loc[:, list(CLASSES)].to_numpy(),
+                                      screened.test_ids)
+        submission_path = work_dir / "submissions" / f"{run_name}.csv"
+        with exclusive(work_dir / "cache" / "locks" / f"submission-{run_name}.lock", f"writing {submission_path}"):
+            for name in (submission_path.name, submission_path.name + ".gz"):
+                remove_stale_temporaries(submission_path.parent, name)
+            csv_path, gz_path = write_submission(submission, submission_path, screened.test_ids)
         mlflow.log_artifact(str(csv_path), artifact_path="submission")
 
         test_loss = None
-        labels = read_test_labels(data_dir)
         if labels is not None:
             test_loss, test_accuracy = score(submission, labels)
             mlflow.log_metrics({"test_log_loss": test_loss, "test_accuracy": test_accuracy})
             logger.info("Against test_labels.csv: log loss %.4f, accuracy %.3f", test_loss, test_accuracy)
 
+        if config.explain.enabled:
+            from kaggle_sf.explain.report import log_run_explanations
+
+            log_run_explanations(parent_id, catalog, folds, blended.oof, config.explain)
+
     return RunResult(run_id=parent_id, run_name=run_name, oof_log_loss=oof_loss, submission_path=csv_path,
-                     test_log_loss=test_loss)
+                     test_log_loss=test_loss, ensemble_chosen=blended.chosen,
+                     held_out_log_loss=float(blended.chosen_row["held_out_log_loss"]))

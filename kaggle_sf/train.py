@@ -10,6 +10,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
 
+HEAD_FILE = "head.keras"
+"""A head-mode fold model's trained head (features -> probabilities), in a fold model's folder."""
+
 
 @dataclass
 class FoldResult:
@@ -33,6 +37,7 @@ class FoldResult:
         test: predictions on the test set: ``img, c0..c9``.
         history: per-epoch metrics (``loss``, ``val_loss``, ...).
         metrics: summary metrics (``val_log_loss``, ``val_accuracy``, ``epochs``, ...).
+        head: the trained Keras head in head mode, saved as ``head.keras``; None when loaded from disk.
     """
 
     fold: int
@@ -40,6 +45,7 @@ class FoldResult:
     test: pd.DataFrame
     history: dict[str, list[float]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    head: Any = field(default=None, repr=False, compare=False)
 
     def save(self, folder: Path) -> None:
         """Write the result into ``folder``; ``metrics.json`` is written last and marks it complete."""
@@ -48,6 +54,9 @@ class FoldResult:
             with atomic_path(folder / name) as temporary:
                 table.to_csv(temporary, index=False, float_format="%.8g")
         write_text_atomic(folder / "history.json", json.dumps(self.history))
+        if self.head is not None:
+            with atomic_path(folder / HEAD_FILE) as temporary:
+                self.head.save(temporary)
         write_text_atomic(folder / "metrics.json", json.dumps({"fold": self.fold, **self.metrics}))
 
     @classmethod
@@ -126,4 +135,5 @@ def train_head_fold(fold: int, train_x: np.ndarray, train_y: np.ndarray, val_x: 
         test=prediction_table(test_ids, test_probabilities),
         history={name: [float(v) for v in values] for name, values in history.history.items()},
         metrics=metrics,
+        head=head,
     )

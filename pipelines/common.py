@@ -19,18 +19,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Return the exception types whose message alone tells the user what to fix."""
     from kaggle_sf.config import ConfigError
     from kaggle_sf.data.catalog import CatalogError
+    from kaggle_sf.data.fetch import ArchiveError, DataDirNotEmptyError
     from kaggle_sf.data.folds import FoldsError
+    from kaggle_sf.kaggle_client import KaggleError
+    from kaggle_sf.search.studies import SearchError
     from kaggle_sf.submission import SubmissionError
 
-    errors: list[type[BaseException]] = [ConfigError, CatalogError, FoldsError, SubmissionError]
-    try:
-        from kaggle_sf.data.fetch import ArchiveError
-
-        from kaggle_sf.kaggle_client import KaggleError
-
-        errors += [ArchiveError, KaggleError]
-    except ImportError:
-        pass
+    errors: list[type[BaseException]] = [ConfigError, CatalogError, ArchiveError, DataDirNotEmptyError, FoldsError,
+                                         KaggleError, SearchError, SubmissionError]
+    # The backbone registry imports Keras: look for its error only when the run already loaded it.
+    backbones = sys.modules.get("kaggle_sf.models.backbones")
+    if backbones is not None:
+        errors.append(backbones.WeightsError)
     return tuple(errors)
 
 
@@ -42,11 +42,8 @@ def main_guard(main: Callable[[], int]) -> None:
         print("Interrupted; finished work is cached and a re-run resumes from it.", file=sys.stderr)
         code = 130
     except Exception as error:
-        from kaggle_sf.models.backbones import WeightsError
-
-        if isinstance(error, (*user_errors(), WeightsError)):
-            print(f"error: {error}", file=sys.stderr)
-            code = 2
-        else:
+        if not isinstance(error, user_errors()):
             raise
+        print(f"error: {error}", file=sys.stderr)
+        code = 2
     sys.exit(code)

@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run(config, args.data_dir, args.work_dir, config_path)
     scored = f"; test log loss {result.test_log_loss:.4f}" if result.test_log_loss is not None else ""
-    print(f"Out-of-fold log loss {result.oof_log_loss:.4f}{scored}; submission {result.submission_path} "
-          f"(MLflow run {result.run_id})")
+    held_out = f", held-out {result.held_out_log_loss:.4f}" if result.held_out_log_loss is not None else ""
+    print(f"Out-of-fold log loss {result.oof_log_loss:.4f} ({result.ensemble_chosen}{held_out}){scored}; "
+          f"submission {result.submission_path} (MLflow run {result.run_id})")
     return 0
 
 

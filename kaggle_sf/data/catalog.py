@@ -4,11 +4,17 @@ Reads a data directory in any layout Kaggle has shipped for State Farm: the comp
 or extracted ``train/`` + ``test/`` folders with or without an ``imgs/`` parent, and CSV files plain or
 zipped. ``driver_imgs_list.csv`` is cross-checked against the files, so that a missing image or a
 disagreeing class folder stops the run with a message instead of training on wrong labels.
+
+Harmless damage to the tables is accepted: a byte-order mark, Windows line endings, blank lines,
+surrounding spaces, upper-case headers or class names, extra columns, repeated identical rows. Anything
+else stops the run with a message that names the file, the row and the fix. Row numbers are the file's
+line numbers, as a spreadsheet or text editor shows them: the header is row 1.
 """
 
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +55,22 @@ class Catalog:
 # --- Locating the files --------------------------------------------------------------------------
 
 
-def _find_table(data_dir: Path, image_root: Path, name: str) -> Path:
+TABLE_NAMES = ("driver_imgs_list.csv", "sample_submission.csv")
+
+
+def _locate_table(data_dir: Path, image_root: Path, name: str) -> Path | None:
     for folder in dict.fromkeys((data_dir, image_root, image_root.parent)):
         for candidate in (folder / name, folder / f"{name}.zip"):
             if candidate.is_file():
                 return candidate
-    raise CatalogError(f"{name} not found in {data_dir}; place the competition's {name} (or {name}.zip) there")
+    return None
+
+
+def _find_table(data_dir: Path, image_root: Path, name: str) -> Path:
+    found = _locate_table(data_dir, image_root, name)
+    if found is None:
+        raise CatalogError(f"{name} not found in {data_dir}; place the competition's {name} (or {name}.zip) there")
+    return found
 
 
 def _find_image_root(data_dir: Path) -> Path | None:
@@ -64,21 +80,42 @@ def _find_image_root(data_dir: Path) -> Path | None:
     return None
 
 
+def _is_extracted(archive: Path, data_dir: Path) -> bool:
+    """Return whether every top-level entry of ``archive`` exists in ``data_dir``.
+
+    Extraction moves each top-level entry into place whole, so an existing entry is complete; a run
+    killed during extraction leaves some entries missing, and the archive is extracted again.
+    """
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            names = {name.split("/")[0] for name in bundle.namelist() if name.split("/")[0]}
+    except (zipfile.BadZipFile, OSError):
+        return False  # extract_archive reports the damage
+    return all((data_dir / name).exists() for name in names)
+
+
 def _extract_archives(data_dir: Path) -> None:
     """Extract the competition zip, then ``imgs.zip``, until ``train/`` and ``test/`` exist."""
+    from kaggle_sf.crash import crash_point
+    from kaggle_sf.data.fetch import extract_archive
+
     # The competition zip may itself contain imgs.zip, so extraction can take two rounds.
     for _ in range(2):
-        if _find_image_root(data_dir) is not None:
+        image_root = _find_image_root(data_dir)
+        if image_root is not None and all(_locate_table(data_dir, image_root, name) for name in TABLE_NAMES):
             return
         archives = sorted(p for p in data_dir.glob("*.zip") if not p.name.endswith(".csv.zip"))
-        if not archives:
+        pending = [p for p in archives if not _is_extracted(p, data_dir)]
+        if image_root is not None:
+            # The images are in place (perhaps under imgs/); only the tables are missing.
+            pending = [p for p in pending if p.name != "imgs.zip"]
+        if not pending:
             return
-        preferred = [p for p in archives if p.name == "imgs.zip"] or archives
-        from kaggle_sf.data.fetch import extract_archive
-
-        for archive in preferred:
+        # Outer archives first, so that an imgs.zip inside one is extracted in the next round.
+        for archive in sorted(pending, key=lambda p: p.name == "imgs.zip"):
             logger.info("Extracting %s into %s", archive.name, data_dir)
             extract_archive(archive, data_dir)
+            crash_point(f"extracted {archive.name}")
 
 
 def _image_files(folder: Path) -> dict[str, Path]:
@@ -94,20 +131,42 @@ def _image_files(folder: Path) -> dict[str, Path]:
 # --- Reading the tables --------------------------------------------------------------------------
 
 
+def _row(index: int) -> int:
+    """Return the file row of a table index: +1 for the header, +1 for 1-based numbering."""
+    return int(index) + 2
+
+
+def _missing_columns_message(path: Path, found: list[str], required: tuple[str, ...]) -> str:
+    missing = [c for c in required if c not in found]
+    message = (f"{path} lacks column(s) {', '.join(missing)}; found {', '.join(found)}. "
+               f"Expected the competition's header {','.join(required)}")
+    if len(found) == 1 and any(separator in found[0] for separator in (";", "\t")):
+        message += "; the file seems to use another separator than commas, so save it as comma-separated"
+    elif any(name.endswith((".jpg", ".jpeg")) for name in found):
+        message += f"; the header row is missing, so add the line {','.join(required)} at the top"
+    return message
+
+
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    """Read a competition table with text columns, trimmed and lower-cased header names, blank rows dropped.
+
+    The returned index keeps the file's numbering (see :func:`_row`), blank lines included.
+    """
     try:
-        # utf-8-sig drops a byte-order mark; pandas accepts Windows line endings and blank lines.
-        table = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skip_blank_lines=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as error:
-        raise CatalogError(f"{path} could not be read as CSV: {error}") from error
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise CatalogError(f"{path} lacks column(s) {', '.join(missing)}; found {', '.join(table.columns)}. "
-                           f"Expected the competition's header {','.join(required)}")
-    table = table.dropna(how="all")
-    for column in required:
-        table[column] = table[column].str.strip()
+        if path.stat().st_size == 0:
+            raise CatalogError(f"{path} is empty (0 bytes); download or extract the competition files again")
+        # utf-8-sig drops a byte-order mark; pandas accepts Windows line endings. Blank lines are kept
+        # as empty rows here so that index and file rows stay aligned, and dropped below.
+        table = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skip_blank_lines=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        if isinstance(error, CatalogError):
+            raise
+        raise CatalogError(f"{path} could not be read as CSV ({error}); download or extract it again") from error
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    if any(c not in table.columns for c in required):
+        raise CatalogError(_missing_columns_message(path, list(table.columns), required))
+    # Cells holding only spaces count as empty, so a line of spaces is a blank line.
+    table = table.apply(lambda column: column.str.strip()).replace("", None).dropna(how="all")
     return table
 
 
@@ -116,20 +175,31 @@ def _read_driver_list(path: Path) -> pd.DataFrame:
 
     incomplete = table[table.isna().any(axis=1)]
     if len(incomplete):
-        row = incomplete.index[0] + 2  # +1 for the header, +1 for 1-based numbering
-        raise CatalogError(f"{path} row {row} has an empty subject, classname or img; fill it in or delete the row")
+        raise CatalogError(f"{path} row {_row(incomplete.index[0])} has an empty subject, classname or img "
+                           "(a truncated file ends like this); fill it in or delete the row")
+    table["classname"] = table["classname"].str.lower()
     unknown = table[~table["classname"].isin(CLASSES)]
     if len(unknown):
-        row = unknown.index[0] + 2
-        raise CatalogError(f"{path} row {row}: unknown class {unknown['classname'].iloc[0]!r} for "
-                           f"{unknown['img'].iloc[0]}; classes are {', '.join(CLASSES)}")
+        raise CatalogError(f"{path} row {_row(unknown.index[0])}: unknown class {unknown['classname'].iloc[0]!r} "
+                           f"for {unknown['img'].iloc[0]}; classes are {', '.join(CLASSES)}")
+    not_jpeg = table[~table["img"].str.lower().str.endswith(IMAGE_SUFFIXES)]
+    if len(not_jpeg):
+        raise CatalogError(f"{path} row {_row(not_jpeg.index[0])}: img {not_jpeg['img'].iloc[0]!r} is not a .jpg "
+                           "file name (a truncated file ends like this); correct the row or download the file again")
 
-    table = table.drop_duplicates()
+    repeated = table[table.duplicated()]
+    if len(repeated):
+        logger.warning("%s repeats %d rows, e.g. row %d (%s); using each once", path, len(repeated),
+                       _row(repeated.index[0]), repeated["img"].iloc[0])
+        table = table.drop_duplicates()
     conflicting = table[table["img"].duplicated(keep=False)]
     if len(conflicting):
         img = conflicting["img"].iloc[0]
-        listed = conflicting.loc[conflicting["img"] == img, ["subject", "classname"]].to_numpy().tolist()
-        raise CatalogError(f"{path} lists {img} more than once with different labels {listed}; keep one row")
+        rows = conflicting[conflicting["img"] == img]
+        listed = ", ".join(f"row {_row(i)}: {subject} {classname}"
+                           for i, subject, classname in zip(rows.index, rows["subject"], rows["classname"]))
+        raise CatalogError(f"{path} lists {img} more than once with different labels ({listed}); "
+                           "keep the correct row and delete the others")
     return table
 
 
@@ -141,7 +211,8 @@ def _train_table(image_root: Path, driver_list: Path) -> pd.DataFrame:
     train_dir = image_root / "train"
 
     found: dict[str, tuple[str, Path]] = {}
-    for folder in sorted(p for p in train_dir.iterdir() if p.is_dir()):
+    # Hidden folders (.ipynb_checkpoints, a Finder's metadata) are not data.
+    for folder in sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if folder.name not in CLASSES:
             raise CatalogError(f"{folder} is not a class folder; train/ may only hold {', '.join(CLASSES)}. "
                                "Move or delete it")
@@ -151,15 +222,19 @@ def _train_table(image_root: Path, driver_list: Path) -> pd.DataFrame:
                                    "keep the one that matches driver_imgs_list.csv")
             found[name] = (folder.name, path)
 
+    absent = table[~table["img"].isin(found)]
+    if len(absent):
+        img, classname = absent["img"].iloc[0], absent["classname"].iloc[0]
+        others = f" (and {len(absent) - 1} more listed images)" if len(absent) > 1 else ""
+        raise CatalogError(f"{driver_list.name} row {_row(absent.index[0])} lists {img} ({classname}) but "
+                           f"{train_dir / classname / img} does not exist{others}; restore the files (extract the "
+                           "competition files again) or delete their rows")
     paths = []
-    for img, classname in zip(table["img"], table["classname"]):
-        if img not in found:
-            raise CatalogError(f"{driver_list.name} lists {img} ({classname}) but "
-                               f"{train_dir / classname / img} does not exist; restore the file or delete its row")
+    for index, img, classname in zip(table.index, table["img"], table["classname"]):
         folder, path = found[img]
         if folder != classname:
-            raise CatalogError(f"{driver_list.name} lists {img} as {classname} but the file is in "
-                               f"{train_dir / folder}; move it or correct the row")
+            raise CatalogError(f"{driver_list.name} row {_row(index)} lists {img} as {classname} but the file is "
+                               f"in {train_dir / folder}; move it or correct the row")
         paths.append(str(path))
     table = table.assign(path=paths)
 
@@ -180,13 +255,19 @@ def _test_table(image_root: Path, sample_submission: Path) -> pd.DataFrame:
                            "Re-extract the competition files")
 
     ids = _read_csv(sample_submission, ("img",))["img"].dropna()
+    if ids.empty:
+        raise CatalogError(f"{sample_submission} lists no test images; use the sample submission that came with "
+                           "the competition files")
     repeated = ids[ids.duplicated()]
     if len(repeated):
-        raise CatalogError(f"{sample_submission} lists {repeated.iloc[0]} more than once; keep one row per image")
-    missing = [img for img in ids if img not in files]
-    if missing:
+        logger.warning("%s lists %d images more than once, e.g. %s in row %d; the submission has one row each",
+                       sample_submission, len(repeated), repeated.iloc[0], _row(repeated.index[0]))
+        ids = ids.drop_duplicates()
+    missing = ids[~ids.isin(files)]
+    if len(missing):
         raise CatalogError(f"{sample_submission.name} lists {len(missing)} images missing from {test_dir}, "
-                           f"e.g. {missing[0]}; restore them or use the sample submission that came with them")
+                           f"e.g. {missing.iloc[0]} in row {_row(missing.index[0])}; restore them or use the "
+                           "sample submission that came with them")
     unlisted = sorted(set(files).difference(ids))
     if unlisted:
         logger.warning("%d images in %s are not in %s and will not be predicted, e.g. %s",

@@ -2,8 +2,11 @@
 
 JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale whenever the reduced image is still at least the
 target size: a 640x480 frame needed at 224x224 is decoded at 320x240, which costs about a quarter of a
-full decode. The result is resized to the target and returned as float32 in [0, 255]; preprocessing for
-the backbone happens inside the model.
+full decode. A frame smaller than the target on either side is decoded at full size. Grayscale and CMYK
+JPEGs come out as RGB; PNG, GIF, BMP and WebP data in a ``.jpg`` file is decoded by its format. The
+result is resized to the target and returned as float32 in [0, 255]; preprocessing for the backbone
+happens inside the model. Files that cannot be decoded are found beforehand by
+``kaggle_sf.data.image_check``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ def _decode_reduced(contents: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """Decode a JPEG at the largest DCT reduction that still covers ``size`` (height, width)."""
     shape = tf.io.extract_jpeg_shape(contents)
     height, width = size
-    # Index of the first (largest) ratio that keeps both sides at or above the target.
-    fits = tf.stack([
-        tf.logical_and(shape[0] // ratio >= height, shape[1] // ratio >= width) for ratio in DCT_SCALES
-    ])
-    choice = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    # Index of the first (largest) ratio that keeps both sides at or above the target. Full size always
+    # qualifies, so that a frame smaller than the target (80x60 needed at 224x224) is not reduced further.
+    fits = [tf.logical_and(shape[0] // ratio >= height, shape[1] // ratio >= width) for ratio in DCT_SCALES[:-1]]
+    fits.append(tf.constant(True))
+    choice = tf.argmax(tf.cast(tf.stack(fits), tf.int32), output_type=tf.int32)
     branches = [
         (lambda r=ratio: tf.io.decode_jpeg(contents, channels=3, ratio=r, dct_method="INTEGER_FAST"))
         for ratio in DCT_SCALES
@@ -32,10 +35,17 @@ def _decode_reduced(contents: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     return tf.switch_case(choice, branches)
 
 
+def _decode_other_format(contents: tf.Tensor) -> tf.Tensor:
+    """Decode PNG, GIF (first frame), BMP or WebP data to RGB at full size."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, (None, None, 3))
+
+
 def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Read and decode one JPEG file to a float32 RGB tensor of shape (height, width, 3) in [0, 255]."""
+    """Read and decode one image file to a float32 RGB tensor of shape (height, width, 3) in [0, 255]."""
     contents = tf.io.read_file(path)
-    image = _decode_reduced(contents, size)
+    image = tf.cond(tf.io.is_jpeg(contents), lambda: _decode_reduced(contents, size),
+                    lambda: _decode_other_format(contents))
     image = tf.image.resize(image, size, method="bilinear", antialias=True)
     return tf.ensure_shape(image, (*size, 3))
 
@@ -43,7 +53,7 @@ def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, *,
                   ids: Sequence[str] | None = None, labels: Sequence[int] | None = None,
                   shuffle: bool = False, seed: int = 0,
-                  augment: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
+                  augment: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
                   repeat: bool = False) -> tf.data.Dataset:
     """Build a batched, prefetched dataset of decoded frames.
 
@@ -55,7 +65,8 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, 
         labels: class indices; yields ``(images, labels)`` (for training).
         shuffle: shuffle the files each epoch, seeded.
         seed: shuffle seed.
-        augment: a batched function ``(images, labels) -> (images, labels)`` applied after batching.
+        augment: a batched function ``(images, labels, seed) -> (images, labels)`` applied after
+            batching, with a fresh shape-(2,) seed per batch drawn from a stream seeded by ``seed``.
         repeat: repeat indefinitely (training with ``steps_per_epoch``).
 
     Returns:
@@ -80,7 +91,10 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, 
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     dataset = dataset.batch(batch_size, drop_remainder=False)
     if augment is not None:
-        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        batch_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, batch_seeds))
+        dataset = dataset.map(lambda batch, batch_seed: augment(*batch, batch_seed),
+                              num_parallel_calls=tf.data.AUTOTUNE)
     if len(columns) == 1:
         dataset = dataset.map(lambda images: images)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -11,6 +11,8 @@ cached features can initialise it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 
 from kaggle_sf.config import CLASSES, BackboneConfig
@@ -24,11 +26,42 @@ def build_classifier(backbone: BackboneConfig, dropout: float = 0.5, weight_deca
     network = features.get_layer(backbone.name)
 
     inputs = keras.Input(shape=(*backbone.input_size, 3), name="image")
-    maps = network(preprocessing(inputs))
+    maps = network(preprocessing(inputs), training=False)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(maps)
     dropped = keras.layers.Dropout(dropout, name="dropout")(pooled)
     outputs = keras.layers.Dense(
         len(CLASSES), activation="softmax", name="predictions", dtype="float32",
         kernel_regularizer=keras.regularizers.L2(weight_decay) if weight_decay > 0 else None,
     )(dropped)
-    return keras.Model(inputs, outputs, name=f"{backbone.label}_classifier")
+    model = keras.Model(inputs, outputs, name=f"{backbone.label}_classifier")
+    set_backbone_trainable(model, backbone, True)
+    return model
+
+
+def set_backbone_trainable(model: keras.Model, backbone: BackboneConfig, trainable: bool) -> None:
+    """Let the backbone's layers train (or freeze them); pretrained BatchNormalization layers stay frozen.
+
+    A frozen BatchNormalization layer runs in inference mode in Keras 3, so its moving statistics stay
+    the pretrained ones while the convolutions fine-tune; statistics of small fine-tuning batches would
+    otherwise overwrite them and wreck the pretrained features. Passing ``training=False`` to the nested
+    backbone is not enough: Keras 3 still updates the statistics when the outer model trains. A backbone
+    with random weights (``weights: none``) has no statistics worth keeping, and frozen random
+    statistics saturate its activations, so its BatchNormalization layers train.
+    Recompile the model after calling this.
+    """
+    network = model.get_layer(backbone.name)
+    network.trainable = trainable
+    if backbone.weights.lower() == "none":
+        return
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def load_classifier(path: str | Path) -> keras.Model:
+    """Load a saved classifier (``model.keras`` or a checkpoint), optimizer state included.
+
+    Importing this module registers ``ImageNetPreprocessing``, the one custom layer a saved model holds,
+    so no ``custom_objects`` are needed.
+    """
+    return keras.models.load_model(path)

@@ -1,0 +1,246 @@
+"""Image checks: find the frames that cannot be decoded before any model reads them.
+
+A damaged frame (a truncated or empty download, an HTML error page saved as ``.jpg``) would otherwise
+stop feature extraction half-way with a TensorFlow error that names no file. Each image is opened with
+Pillow and, for JPEGs, decoded at 1/8 scale through libjpeg's DCT scaling. A reduced decode still reads
+the whole entropy-coded stream, so it finds truncation where ``tf.io.decode_jpeg`` would. Pillow and
+TensorFlow reject the same files among those the tests feed: empty, truncated (even by the last two
+bytes), header-only and non-image files.
+
+Decodable but unusual frames (grayscale or CMYK JPEGs, PNG, GIF, BMP or WebP data named ``.jpg``, other
+sizes) are kept: the tf.data decoder converts them to RGB at the model's input size. The check counts
+them in one log line.
+
+Results are cached by the list of files with their sizes and modification times, so a re-run on the
+same files reads one JSON file instead of decoding again.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from kaggle_sf.atomic import write_text_atomic
+from kaggle_sf.data.catalog import Catalog, CatalogError
+
+logger = logging.getLogger(__name__)
+
+CHECK_VERSION = "pillow-draft-v1"
+"""Changes whenever the check changes, so that results cached by an older check are not reused."""
+
+DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+"""Formats that ``tf.io.decode_image`` reads (TensorFlow 2.21), whatever the file's extension."""
+
+MAX_LISTED = 10
+"""Bad images listed one per line in an error or warning; the rest are counted."""
+
+
+class BadImageError(CatalogError):
+    """Competition images cannot be decoded and ``data.on_bad_image`` is ``fail``."""
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """What the check found in one image file."""
+
+    path: str
+    problem: str | None
+    """Why the file cannot be decoded; None when it can."""
+    format: str = ""
+    mode: str = ""
+    """Pillow's colour mode: ``RGB``, ``L`` (grayscale), ``CMYK``, ``P`` (palette), ..."""
+    width: int = 0
+    height: int = 0
+
+
+# --- One image -----------------------------------------------------------------------------------
+
+
+def _first_bytes(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(16)
+
+
+def check_image(path: Path) -> ImageReport:
+    """Open and decode one image file cheaply, and report whether TensorFlow's decoder can read it."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return ImageReport(str(path), "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            # A decompression-bomb warning is not a reason to reject a file; the error above its limit is.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                found = ImageReport(str(path), None, image.format or "", image.mode, *image.size)
+                if found.format not in DECODABLE_FORMATS:
+                    return ImageReport(str(path), f"{found.format} image, which TensorFlow cannot decode; "
+                                                  "convert it to JPEG", found.format, found.mode,
+                                       found.width, found.height)
+                if found.format == "JPEG":
+                    image.draft("RGB", (max(1, found.width // 8), max(1, found.height // 8)))
+                image.load()
+    except Image.UnidentifiedImageError:
+        return ImageReport(str(path), f"not an image file; it starts with {_first_bytes(path)!r}")
+    except Image.DecompressionBombError as error:
+        return ImageReport(str(path), f"too large to decode safely ({error})")
+    except (OSError, SyntaxError, ValueError) as error:
+        # Pillow raises OSError for truncated data and SyntaxError or ValueError for broken headers.
+        return ImageReport(str(path), f"truncated or damaged image data ({error})")
+    return found
+
+
+# --- Many images, cached -------------------------------------------------------------------------
+
+
+def _files_digest(paths: list[str]) -> str:
+    digest = hashlib.sha256(CHECK_VERSION.encode())
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"\n{path}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def check_images(paths: list[str], cache_dir: Path | None = None) -> list[ImageReport]:
+    """Check image files, reusing the cached result for the same files when ``cache_dir`` is given.
+
+    Args:
+        paths: image files.
+        cache_dir: folder of the cached results, one JSON file per list of files; None disables caching.
+
+    Returns:
+        One report per path, in the order of ``paths``.
+    """
+    paths = [str(p) for p in paths]
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"images-{_files_digest(paths)}.json"
+        if cache_file.is_file():
+            try:
+                rows = json.loads(cache_file.read_text(encoding="utf-8"))
+                reports = [ImageReport(*row) for row in rows]
+            except (OSError, ValueError, TypeError) as error:
+                logger.warning("Ignoring unreadable image check cache %s (%s); checking again", cache_file, error)
+            else:
+                if [report.path for report in reports] == paths:
+                    logger.info("Reusing the check of %d images from %s", len(paths), cache_file)
+                    return reports
+                logger.warning("Image check cache %s lists other files; checking again", cache_file)
+
+    reports = [check_image(Path(path))
+               for path in tqdm(paths, desc="Checking images", unit="img", disable=None, mininterval=2)]
+    if cache_file is not None:
+        rows = [[r.path, r.problem, r.format, r.mode, r.width, r.height] for r in reports]
+        write_text_atomic(cache_file, json.dumps(rows))
+    return reports
+
+
+# --- The catalog ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScreenedCatalog:
+    """A catalog without the images that cannot be decoded, and the list of those images.
+
+    Attributes:
+        catalog: train and test tables holding decodable images only.
+        bad_images: one row per left-out image: ``split, img, path, reason``.
+        test_ids: every test id of ``sample_submission.csv``, left-out ones included, in its order.
+    """
+
+    catalog: Catalog
+    bad_images: pd.DataFrame
+    test_ids: list[str]
+
+    @property
+    def skipped_test_ids(self) -> list[str]:
+        """Test images that have no prediction of their own and need a fallback row in the submission."""
+        return self.bad_images.loc[self.bad_images["split"] == "test", "img"].tolist()
+
+
+def _describe_unusual(reports: list[ImageReport]) -> str | None:
+    good = [r for r in reports if r.problem is None]
+    if not good:
+        return None
+    common_size = collections.Counter((r.width, r.height) for r in good).most_common(1)[0][0]
+    kinds = collections.Counter()
+    for report in good:
+        if report.format != "JPEG":
+            kinds[f"{report.format} data in a .jpg file"] += 1
+        if report.mode not in ("RGB", "YCbCr"):
+            kinds[f"{report.mode} colour mode"] += 1
+        if (report.width, report.height) != common_size:
+            kinds[f"a size other than {common_size[0]}x{common_size[1]}"] += 1
+    if not kinds:
+        return None
+    return "; ".join(f"{count} with {kind}" for kind, count in kinds.most_common())
+
+
+def _bad_image_lines(bad: pd.DataFrame) -> str:
+    lines = [f"  {row.path}: {row.reason}" for row in bad.head(MAX_LISTED).itertuples()]
+    if len(bad) > MAX_LISTED:
+        lines.append(f"  ... and {len(bad) - MAX_LISTED} more")
+    return "\n".join(lines)
+
+
+def screen_catalog(catalog: Catalog, on_bad_image: str, cache_dir: Path | None = None) -> ScreenedCatalog:
+    """Check every image of a catalog and leave out those that cannot be decoded, or fail.
+
+    Args:
+        catalog: the competition's frames.
+        on_bad_image: ``fail`` raises BadImageError listing every bad image; ``skip`` logs them and
+            leaves them out.
+        cache_dir: folder of cached check results; None checks every time.
+
+    Returns:
+        The screened catalog. Its test table lacks the skipped test images, which still need a row in
+        the submission (see :attr:`ScreenedCatalog.skipped_test_ids`).
+
+    Raises:
+        BadImageError: an image cannot be decoded and ``on_bad_image`` is ``fail``, or every train
+            or every test image is bad.
+    """
+    tables = {"train": catalog.train, "test": catalog.test}
+    paths = [path for table in tables.values() for path in table["path"]]
+    reports = {report.path: report for report in check_images(paths, cache_dir)}
+
+    bad_rows = []
+    for split, table in tables.items():
+        for img, path in zip(table["img"], table["path"]):
+            problem = reports[str(path)].problem
+            if problem is not None:
+                bad_rows.append((split, img, str(path), problem))
+    bad = pd.DataFrame(bad_rows, columns=["split", "img", "path", "reason"])
+
+    unusual = _describe_unusual(list(reports.values()))
+    if unusual:
+        logger.info("Decodable images converted to RGB at the input size: %s", unusual)
+
+    if bad.empty:
+        logger.info("All %d images can be decoded", len(paths))
+        return ScreenedCatalog(catalog, bad, catalog.test["img"].tolist())
+    if on_bad_image == "fail":
+        raise BadImageError(f"{len(bad)} of {len(paths)} images cannot be decoded:\n{_bad_image_lines(bad)}\n"
+                            "Replace them with good copies (download or extract the competition files again), "
+                            "or set data.on_bad_image=skip to leave them out")
+
+    logger.warning("Leaving out %d of %d images that cannot be decoded (data.on_bad_image=skip):\n%s",
+                   len(bad), len(paths), _bad_image_lines(bad))
+    kept = {split: table[~table["img"].isin(bad.loc[bad["split"] == split, "img"])].reset_index(drop=True)
+            for split, table in tables.items()}
+    for split, table in kept.items():
+        if table.empty:
+            raise BadImageError(f"none of the {len(tables[split])} {split} images can be decoded, e.g. "
+                                f"{bad.loc[bad['split'] == split, 'path'].iloc[0]}; download or extract the "
+                                "competition files again")
+    screened = Catalog(train=kept["train"], test=kept["test"], data_dir=catalog.data_dir)
+    return ScreenedCatalog(screened, bad, catalog.test["img"].tolist())

@@ -1,0 +1,87 @@
+"""Frames for explanations: read from image files, resized to a backbone's input size.
+
+A JPEG goes through the same decoder as the feature cache (``kaggle_sf.data.images.decode_image``), so
+a model predicts exactly the probabilities it gave the frame in the run. Other formats and video frames
+are resized with the same bilinear, antialiased resize, without the JPEG decoder's reduced-size decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from kaggle_sf.data.images import decode_image
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+IMAGE_SUFFIXES = (*JPEG_SUFFIXES, ".png", ".bmp")
+
+
+class FrameError(ValueError):
+    """An image file is missing or cannot be decoded."""
+
+
+def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
+    """Read an image file as a uint8 RGB array, shrunk to at most ``max_side`` pixels on its longer side.
+
+    Raises:
+        FrameError: the file is missing or OpenCV cannot decode it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FrameError(f"image {path} not found")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FrameError(f"{path} could not be decoded as an image; give a JPEG, PNG or BMP file")
+    if max_side is not None and max(image.shape[:2]) > max_side:
+        scale = max_side / max(image.shape[:2])
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def resize_frames(frames: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize uint8 RGB frames of one size to (n, height, width, 3) float32 model input in [0, 255]."""
+    batch = tf.convert_to_tensor(np.stack(list(frames)).astype(np.float32))
+    return tf.image.resize(batch, size, method="bilinear", antialias=True).numpy()
+
+
+def model_inputs(paths: Sequence[Path], size: tuple[int, int]) -> np.ndarray:
+    """Read image files as (n, height, width, 3) float32 model input in [0, 255].
+
+    Raises:
+        FrameError: a file is missing or cannot be decoded.
+    """
+    inputs = []
+    for path in map(Path, paths):
+        if path.suffix.lower() in JPEG_SUFFIXES and path.is_file():
+            try:
+                inputs.append(decode_image(tf.constant(str(path)), size).numpy())
+            except tf.errors.InvalidArgumentError as error:
+                raise FrameError(f"{path} could not be decoded as a JPEG: {error.message}") from error
+        else:
+            inputs.append(resize_frames([read_rgb(path)], size)[0])
+    return np.stack(inputs)
+
+
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """Expand files and folders into image files: a folder gives its images, sorted by name.
+
+    Raises:
+        FrameError: a path does not exist, or a folder holds no image.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FrameError(f"folder {path} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FrameError(f"image {path} not found")
+    return files

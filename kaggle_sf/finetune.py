@@ -1,0 +1,209 @@
+"""Fine-tuning of a whole backbone plus head on one fold, in phases, resumable after every epoch.
+
+Each phase sets which layers train and a fresh Adam learning rate (for example a head warm-up with the
+backbone frozen, then everything at 1e-4, then at 1e-5). After every epoch the validation drivers are
+scored with Kaggle's log loss; the best weights of the phase are kept and restored when the phase ends
+or stops early. The model and optimizer are checkpointed after every epoch, so a killed training
+resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kaggle_sf.atomic import atomic_path, write_text_atomic
+from kaggle_sf.config import BackboneConfig, FinetuneConfig
+from kaggle_sf.metrics import accuracy, log_loss
+from kaggle_sf.train import FoldResult, class_indices, prediction_table
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.keras"
+STATE = "state.json"
+BEST_WEIGHTS = "best.weights.h5"
+FINAL_MODEL = "model.keras"
+
+
+@dataclass
+class TrainingState:
+    """Where a fold's training stands: the next phase and epoch to run, and what was measured so far."""
+
+    phase: int = 0
+    epoch: int = 0
+    best_val_log_loss: float = math.inf
+    epochs_without_improvement: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def save(self, folder: Path) -> None:
+        write_text_atomic(folder / STATE, json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainingState | None:
+        path = folder / STATE
+        if not path.is_file() or not (folder / CHECKPOINT).is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def _configure_precision(config: FinetuneConfig) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+
+
+def _compile(model, learning_rate: float, config: FinetuneConfig) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=config.xla)
+
+
+def predict_images(model, table: pd.DataFrame, size: tuple[int, int], batch_size: int) -> pd.DataFrame:
+    """Predict class probabilities for the frames of ``table`` (``img, path``), ids carried per batch."""
+    from kaggle_sf.data.images import image_dataset
+
+    dataset = image_dataset(table["path"], size, batch_size, ids=table["img"])
+    ids: list[str] = []
+    probabilities = []
+    for images, batch_ids in dataset:
+        probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
+        ids.extend(i.decode() for i in batch_ids.numpy())
+    return prediction_table(ids, np.concatenate(probabilities))
+
+
+def _epoch_dataset(train: pd.DataFrame, backbone: BackboneConfig, config: FinetuneConfig, seed: int):
+    """Return one epoch's shuffled, augmented training batches and the number of steps to take."""
+    from kaggle_sf.data.augment import AugmentConfig, make_batch_augmenter
+    from kaggle_sf.data.images import image_dataset
+
+    augment = None
+    if config.augment:
+        augment = make_batch_augmenter(AugmentConfig(half_merge_probability=config.half_merge_probability))
+    n_images = len(train) if config.max_images_per_epoch == 0 else min(len(train), config.max_images_per_epoch)
+    steps = math.ceil(n_images / config.batch_size)
+    dataset = image_dataset(train["path"], backbone.input_size, config.batch_size,
+                            labels=class_indices(train["classname"]), shuffle=True, seed=seed, augment=augment)
+    return dataset.take(steps), steps
+
+
+def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, validation: pd.DataFrame,
+                  test: pd.DataFrame, config: FinetuneConfig, seed: int, folder: Path,
+                  learning_rates: list[float] | None = None, callbacks: list | None = None) -> FoldResult:
+    """Fine-tune ``backbone`` on one fold's training drivers and predict its validation drivers and the test set.
+
+    Args:
+        backbone: the network and its pretrained weights.
+        fold: fold number, for the logs and the result.
+        train, validation: frames with columns ``img, path, classname``.
+        test: test frames, ``img, path``.
+        config: phases, batch size, augmentation, precision.
+        seed: seed of weight initialisation, shuffling and augmentation.
+        folder: this fold model's folder; checkpoints live there and ``model.keras`` is written at the end.
+        learning_rates: per-phase learning rates that replace the configured ones (e.g. from a search).
+        callbacks: extra Keras callbacks passed to every epoch's ``fit`` (e.g. a pruning callback).
+
+    Returns:
+        The fold's out-of-fold and test predictions, per-epoch history and summary metrics.
+    """
+    import keras
+
+    from kaggle_sf.models.classifier import build_classifier, load_classifier, set_backbone_trainable
+
+    folder.mkdir(parents=True, exist_ok=True)
+    phases = config.phases
+    rates = learning_rates or [phase.learning_rate for phase in phases]
+    _configure_precision(config)
+    keras.utils.set_random_seed(seed)
+    validation_y = class_indices(validation["classname"])
+
+    state = TrainingState.load(folder)
+    if state is not None:
+        logger.info("Resuming %s fold %d at phase %d, epoch %d from %s", backbone.label, fold, state.phase + 1,
+                    state.epoch + 1, folder / CHECKPOINT)
+        model = load_classifier(folder / CHECKPOINT)
+    else:
+        state = TrainingState()
+        model = build_classifier(backbone, dropout=config.dropout)
+
+    for phase_index in range(state.phase, len(phases)):
+        phase = phases[phase_index]
+        if state.epoch == 0:
+            # A phase starts with its own layers to train and a fresh optimizer.
+            set_backbone_trainable(model, backbone, phase.train_backbone)
+            _compile(model, rates[phase_index], config)
+            state.best_val_log_loss = math.inf
+            state.epochs_without_improvement = 0
+        logger.info("%s fold %d phase %d/%d: %s at learning rate %.2g for up to %d epochs", backbone.label, fold,
+                    phase_index + 1, len(phases), "all layers" if phase.train_backbone else "head only",
+                    rates[phase_index], phase.epochs)
+
+        for epoch in range(state.epoch, phase.epochs):
+            epoch_seed = seed * 1000 + phase_index * 100 + epoch
+            dataset, steps = _epoch_dataset(train, backbone, config, epoch_seed)
+            started = time.monotonic()
+            fitted = model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0,
+                               callbacks=callbacks)
+            seconds = time.monotonic() - started
+            predictions = predict_images(model, validation, backbone.input_size, config.batch_size)
+            probabilities = predictions.set_index("img").reindex(validation["img"]).to_numpy()
+            val_loss = log_loss(validation_y, probabilities)
+
+            record = {"loss": fitted.history["loss"][-1], "accuracy": fitted.history["accuracy"][-1],
+                      "val_log_loss": val_loss, "val_accuracy": accuracy(validation_y, probabilities),
+                      "images_per_second": min(steps * config.batch_size, len(train)) / seconds,
+                      "phase": float(phase_index + 1)}
+            for name, value in record.items():
+                state.history.setdefault(name, []).append(float(value))
+            logger.info("%s fold %d phase %d epoch %d: loss %.4f, val log loss %.4f, %.1f images/s",
+                        backbone.label, fold, phase_index + 1, epoch + 1, record["loss"], val_loss,
+                        record["images_per_second"])
+
+            if val_loss < state.best_val_log_loss:
+                state.best_val_log_loss = val_loss
+                state.epochs_without_improvement = 0
+                with atomic_path(folder / BEST_WEIGHTS) as temporary:
+                    model.save_weights(temporary)
+            else:
+                state.epochs_without_improvement += 1
+            state.epoch = epoch + 1
+            stop = state.epochs_without_improvement >= config.patience
+            if stop:
+                state.epoch = phase.epochs
+            with atomic_path(folder / CHECKPOINT) as temporary:
+                model.save(temporary)
+            state.save(folder)
+            if stop:
+                logger.info("Early stop: no improvement for %d epochs", config.patience)
+                break
+
+        # Restore the best epoch of the phase before the next phase starts from it.
+        model.load_weights(folder / BEST_WEIGHTS)
+        state.phase, state.epoch = phase_index + 1, 0
+        with atomic_path(folder / CHECKPOINT) as temporary:
+            model.save(temporary)
+        state.save(folder)
+
+    with atomic_path(folder / FINAL_MODEL) as temporary:
+        model.save(temporary)
+    validation_predictions = predict_images(model, validation, backbone.input_size, config.batch_size)
+    test_predictions = predict_images(model, test, backbone.input_size, config.batch_size)
+    probabilities = validation_predictions.set_index("img").reindex(validation["img"]).to_numpy()
+    speeds = state.history.get("images_per_second", [0.0])
+    metrics = {
+        "val_log_loss": log_loss(validation_y, probabilities),
+        "val_accuracy": accuracy(validation_y, probabilities),
+        "epochs": float(len(state.history.get("loss", []))),
+        "train_images_per_second": float(np.median(speeds)),
+    }
+    logger.info("%s fold %d: val log loss %.4f, accuracy %.3f after %d epochs", backbone.label, fold,
+                metrics["val_log_loss"], metrics["val_accuracy"], metrics["epochs"])
+    return FoldResult(fold=fold, oof=validation_predictions, test=test_predictions, history=state.history,
+                      metrics=metrics)

@@ -1,0 +1,261 @@
+"""Damaged and unusual image files: which are decoded, which are listed and skipped or fail the run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kaggle_sf.config import BackboneConfig, load_config
+from kaggle_sf.data.catalog import load_catalog
+from kaggle_sf.data.image_check import BadImageError, check_image, check_images, screen_catalog
+
+# --- Files -----------------------------------------------------------------------------------------
+
+
+def gradient(width: int, height: int) -> Image.Image:
+    """An RGB frame whose red grows left to right and green top to bottom, so a wrong decode shows."""
+    x = np.linspace(0, 255, width)[None, :] * np.ones((height, 1))
+    y = np.linspace(0, 255, height)[:, None] * np.ones((1, width))
+    pixels = np.stack([x, y, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def write_case(folder: Path, case: str) -> Path:
+    """Write the file of one test case as ``<case>.jpg`` and return its path."""
+    path = folder / f"{case}.jpg"
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = gradient(64, 48)
+    if case == "good":
+        frame.save(path, format="JPEG", quality=90)
+    elif case in ("truncated", "truncated_end_marker", "header_only"):
+        write_case(folder, "good")
+        whole = (folder / "good.jpg").read_bytes()
+        kept = {"truncated": len(whole) // 2, "truncated_end_marker": len(whole) - 2, "header_only": 300}[case]
+        path.write_bytes(whole[:kept])
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "text":
+        path.write_text("not an image\n")
+    elif case == "html":
+        path.write_text("<!DOCTYPE html><html><body>Too many requests</body></html>\n")
+    elif case == "png":
+        frame.save(path, format="PNG")
+    elif case == "png_with_alpha":
+        frame.convert("RGBA").save(path, format="PNG")
+    elif case == "gif":
+        frame.save(path, format="GIF")
+    elif case == "bmp":
+        frame.save(path, format="BMP")
+    elif case == "tiff":
+        frame.save(path, format="TIFF")
+    elif case == "grayscale":
+        frame.convert("L").save(path, format="JPEG", quality=95)
+    elif case == "cmyk":
+        frame.convert("CMYK").save(path, format="JPEG", quality=95)
+    elif case == "odd_641x479":
+        gradient(641, 479).save(path, format="JPEG", quality=90)
+    elif case == "portrait":
+        gradient(48, 64).save(path, format="JPEG", quality=90)
+    elif case == "tiny_20x15":
+        gradient(20, 15).save(path, format="JPEG", quality=95)
+    elif case == "progressive":
+        frame.save(path, format="JPEG", quality=90, progressive=True)
+    else:
+        raise ValueError(case)
+    return path
+
+
+BAD_CASES = {
+    "empty": "empty file (0 bytes)",
+    "truncated": "truncated or damaged image data",
+    "truncated_end_marker": "truncated or damaged image data",
+    "header_only": "truncated or damaged image data",
+    "text": "not an image file; it starts with b'not an image",
+    "html": "not an image file; it starts with b'<!DOCTYPE html>",
+    "tiff": "TIFF image, which TensorFlow cannot decode; convert it to JPEG",
+}
+DECODABLE_CASES = {
+    "good": ("JPEG", "RGB", 64, 48),
+    "png": ("PNG", "RGB", 64, 48),
+    "png_with_alpha": ("PNG", "RGBA", 64, 48),
+    "gif": ("GIF", "P", 64, 48),
+    "bmp": ("BMP", "RGB", 64, 48),
+    "grayscale": ("JPEG", "L", 64, 48),
+    "cmyk": ("JPEG", "CMYK", 64, 48),
+    "odd_641x479": ("JPEG", "RGB", 641, 479),
+    "portrait": ("JPEG", "RGB", 48, 64),
+    "tiny_20x15": ("JPEG", "RGB", 20, 15),
+    "progressive": ("JPEG", "RGB", 64, 48),
+}
+
+
+# --- The check -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case, reason", sorted(BAD_CASES.items()))
+def test_check_names_why_a_file_is_bad(tmp_path: Path, case: str, reason: str):
+    report = check_image(write_case(tmp_path, case))
+    assert report.problem is not None
+    assert report.problem.startswith(reason)
+
+
+@pytest.mark.parametrize("case, expected", sorted(DECODABLE_CASES.items()))
+def test_check_accepts_decodable_files(tmp_path: Path, case: str, expected: tuple[str, str, int, int]):
+    report = check_image(write_case(tmp_path, case))
+    assert report.problem is None
+    assert (report.format, report.mode, report.width, report.height) == expected
+
+
+def test_check_result_is_cached_by_file_list(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    paths = [str(write_case(tmp_path / "images", case)) for case in ("good", "truncated", "png")]
+    cache = tmp_path / "cache"
+    first = check_images(paths, cache)
+    assert [r.problem is None for r in first] == [True, False, True]
+    assert len(list(cache.glob("images-*.json"))) == 1
+
+    with caplog.at_level(logging.INFO, logger="kaggle_sf.data.image_check"):
+        second = check_images(paths, cache)
+    assert second == first
+    assert "Reusing the check of 3 images" in caplog.text
+
+    # Repairing a file changes its size and time, so the list is checked again.
+    write_case(tmp_path / "scratch", "good").replace(paths[1])
+    os.utime(paths[1], ns=(0, 0))
+    third = check_images(paths, cache)
+    assert [r.problem is None for r in third] == [True, True, True]
+    assert len(list(cache.glob("images-*.json"))) == 2
+
+
+def test_unreadable_check_cache_is_checked_again(tmp_path: Path):
+    paths = [str(write_case(tmp_path / "images", "good"))]
+    check_images(paths, tmp_path / "cache")
+    cache_file = next((tmp_path / "cache").glob("images-*.json"))
+    cache_file.write_text('[["half a rec')
+    assert check_images(paths, tmp_path / "cache")[0].problem is None
+
+
+# --- Screening a catalog ---------------------------------------------------------------------------
+
+
+def _damage(competition: Path) -> tuple[Path, Path]:
+    """Truncate one listed train frame and empty one test frame; return both paths."""
+    train_frame = competition / "train" / "c3" / "img_6.jpg"
+    train_frame.write_bytes(train_frame.read_bytes()[:200])
+    sample = pd.read_csv(competition / "sample_submission.csv")
+    test_frame = competition / "test" / sample["img"].iloc[2]
+    test_frame.write_bytes(b"")
+    return train_frame, test_frame
+
+
+def test_fail_lists_every_bad_image_and_the_fix(tiny_competition: Path):
+    train_frame, test_frame = _damage(tiny_competition)
+    with pytest.raises(BadImageError) as raised:
+        screen_catalog(load_catalog(tiny_competition), "fail")
+    message = str(raised.value)
+    assert message.startswith("2 of 86 images cannot be decoded:")
+    assert f"{train_frame}: truncated or damaged image data" in message
+    assert f"{test_frame}: empty file (0 bytes)" in message
+    assert "set data.on_bad_image=skip" in message
+
+
+def test_skip_leaves_bad_images_out_and_keeps_test_ids(tiny_competition: Path):
+    train_frame, test_frame = _damage(tiny_competition)
+    catalog = load_catalog(tiny_competition)
+    screened = screen_catalog(catalog, "skip")
+
+    assert len(screened.catalog.train) == 79
+    assert "img_6.jpg" not in set(screened.catalog.train["img"])
+    assert len(screened.catalog.test) == 5
+    assert screened.test_ids == catalog.test["img"].tolist()
+    assert screened.skipped_test_ids == [test_frame.name]
+    assert screened.bad_images[["split", "img"]].to_numpy().tolist() == [["train", "img_6.jpg"],
+                                                                         ["test", test_frame.name]]
+
+
+def test_skip_with_every_test_image_bad_fails(tiny_competition: Path):
+    for frame in (tiny_competition / "test").iterdir():
+        frame.write_text("gone")
+    with pytest.raises(BadImageError, match="none of the 6 test images can be decoded"):
+        screen_catalog(load_catalog(tiny_competition), "skip")
+
+
+def test_unusual_images_are_kept_and_counted(tiny_competition: Path, caplog: pytest.LogCaptureFixture):
+    write_case(tiny_competition / "scratch", "grayscale").replace(tiny_competition / "train" / "c0" / "img_0.jpg")
+    write_case(tiny_competition / "scratch", "png").replace(tiny_competition / "train" / "c0" / "img_1.jpg")
+    with caplog.at_level(logging.INFO, logger="kaggle_sf.data.image_check"):
+        screened = screen_catalog(load_catalog(tiny_competition), "fail")
+    assert len(screened.catalog.train) == 80
+    assert "1 with PNG data in a .jpg file" in caplog.text
+    assert "1 with L colour mode" in caplog.text
+
+
+def test_non_image_file_in_class_folder_is_ignored(tiny_competition: Path, caplog: pytest.LogCaptureFixture):
+    (tiny_competition / "train" / "c2" / "notes.txt").write_text("camera 2 was dirty")
+    (tiny_competition / "train" / "c2" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    with caplog.at_level(logging.WARNING, logger="kaggle_sf.data.catalog"):
+        catalog = load_catalog(tiny_competition)
+    assert len(catalog.train) == 80
+    assert "notes.txt: not a .jpg image" in caplog.text
+    assert ".DS_Store" not in caplog.text
+
+
+# --- The TensorFlow decoder ------------------------------------------------------------------------
+
+
+def _decode(path: Path, size: tuple[int, int]) -> np.ndarray:
+    import tensorflow as tf
+
+    from kaggle_sf.data.images import decode_image
+
+    return decode_image(tf.constant(str(path)), size).numpy()
+
+
+def _reference(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Decode with Pillow at full size and resize with TensorFlow the way the decoder does."""
+    import tensorflow as tf
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return tf.image.resize(pixels, size, method="bilinear", antialias=True).numpy()
+
+
+@pytest.mark.parametrize("case", sorted(DECODABLE_CASES))
+def test_decoder_reads_every_decodable_case(tmp_path: Path, case: str):
+    path = write_case(tmp_path, case)
+    decoded = _decode(path, (32, 32))
+    assert decoded.shape == (32, 32, 3)
+    # JPEG decoders differ by a few levels (DCT method, reduced decoding); a wrong decode is off by tens.
+    assert np.abs(decoded - _reference(path, (32, 32))).mean() < 4
+
+
+def test_decoder_does_not_shrink_a_frame_smaller_than_the_target(tmp_path: Path):
+    path = write_case(tmp_path, "tiny_20x15")
+    decoded = _decode(path, (224, 224))
+    assert np.abs(decoded - _reference(path, (224, 224))).mean() < 2
+
+
+def test_grayscale_frame_becomes_three_equal_channels(tmp_path: Path):
+    decoded = _decode(write_case(tmp_path, "grayscale"), (32, 32))
+    assert np.array_equal(decoded[..., 0], decoded[..., 1])
+    assert np.array_equal(decoded[..., 1], decoded[..., 2])
+
+
+def test_features_name_the_file_tensorflow_cannot_decode(tmp_path: Path):
+    from kaggle_sf.features import extract_features
+
+    folder = tmp_path / "images"
+    paths = [write_case(folder, case) for case in ("good", "png", "progressive", "truncated")]
+    images = pd.DataFrame({"img": [p.name for p in paths], "path": [str(p) for p in paths]})
+    backbone = load_config(None, ["backbones.0.weights=none", "backbones.0.input_size=[32, 32]"]).backbones[0]
+    assert isinstance(backbone, BackboneConfig)
+
+    with pytest.raises(BadImageError, match=rf"TensorFlow cannot decode {folder / 'truncated.jpg'} \("):
+        extract_features(backbone, images, tmp_path / "cache", split="train", batch_size=2)
+    assert list((tmp_path / "cache").glob("*.h5")) == []
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp-")] == []

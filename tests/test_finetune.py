@@ -1,0 +1,161 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kaggle_sf.config import BackboneConfig, load_config
+from kaggle_sf.data.catalog import load_catalog
+from kaggle_sf.data.folds import make_folds
+
+BACKBONE = BackboneConfig(name="mobilenet", alpha=0.25, input_size=(64, 64), weights="none")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fold_frames(data_dir: Path):
+    catalog = load_catalog(data_dir)
+    folds = make_folds(catalog.train, n_splits=2, seed=0)
+    frames = catalog.train.set_index("img").loc[folds["img"]].reset_index()
+    validation = (folds["fold"] == 0).to_numpy()
+    return frames[~validation], frames[validation], catalog.test
+
+
+@pytest.fixture
+def pretrained_weights(tmp_path: Path) -> Path:
+    """A MobileNet weights file with settled BatchNormalization statistics, standing in for ImageNet's."""
+    import keras
+
+    network = keras.applications.MobileNet(include_top=False, weights=None, input_shape=(64, 64, 3), alpha=0.25)
+    images = np.random.default_rng(1).uniform(-1, 1, size=(32, 64, 64, 3)).astype("float32")
+    for _ in range(40):
+        network(images, training=True)
+    path = tmp_path / "pretrained.weights.h5"
+    network.save_weights(path)
+    return path
+
+
+def test_batch_norm_statistics_stay_fixed_while_backbone_trains(pretrained_weights: Path):
+    import keras
+
+    from kaggle_sf.models.classifier import build_classifier
+
+    backbone = BackboneConfig(name="mobilenet", alpha=0.25, input_size=(64, 64), weights=str(pretrained_weights))
+    model = build_classifier(backbone, dropout=0.0)
+    network = model.get_layer("mobilenet")
+    batch_norms = [layer for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batch_norms) == 27
+    statistics_before = [(layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
+                         for layer in batch_norms]
+    kernels_before = [layer.kernel.numpy().copy() for layer in network.layers if hasattr(layer, "kernel")]
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).uniform(0, 255, size=(16, 64, 64, 3)).astype("float32")
+    model.fit(images, np.arange(16) % 10, epochs=2, batch_size=8, verbose=0)
+
+    for layer, (mean, variance) in zip(batch_norms, statistics_before):
+        assert np.array_equal(layer.moving_mean.numpy(), mean), layer.name
+        assert np.array_equal(layer.moving_variance.numpy(), variance), layer.name
+    # The convolutions did train: the weights of the last blocks moved.
+    names = [layer.name for layer in network.layers if hasattr(layer, "kernel")]
+    kernels_after = [layer.kernel.numpy() for layer in network.layers if hasattr(layer, "kernel")]
+    trained = {n for n, a, b in zip(names, kernels_after, kernels_before) if not np.allclose(a, b)}
+    assert {"conv_dw_13", "conv_pw_13", "conv_dw_12", "conv_pw_12"} <= trained
+
+
+def test_saved_model_reloads_in_fresh_process_with_identical_predictions(tiny_competition: Path, tmp_path: Path):
+    from kaggle_sf.finetune import finetune_fold
+
+    config = load_config(None, ["train.finetune.phases=[{epochs: 1, learning_rate: 1e-3}]",
+                                "train.finetune.batch_size=16"]).train.finetune
+    train, validation, test = _fold_frames(tiny_competition)
+    folder = tmp_path / "fold_0"
+    result = finetune_fold(BACKBONE, 0, train, validation, test, config, seed=1, folder=folder)
+
+    script = textwrap.dedent(f"""
+        import pandas as pd
+        from kaggle_sf.finetune import predict_images
+        from kaggle_sf.models.classifier import load_classifier
+        model = load_classifier({str(folder / 'model.keras')!r})
+        table = pd.read_json({str(tmp_path / 'test.json')!r})
+        print(predict_images(model, table, (64, 64), 16).to_json())
+    """)
+    test.to_json(tmp_path / "test.json")
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    reloaded = json.loads(output.stdout.strip().splitlines()[-1])
+    for column in result.test.columns[1:]:
+        fresh = [reloaded[column][str(i)] for i in range(len(test))]
+        assert np.allclose(fresh, result.test[column].to_numpy(), atol=1e-6)
+    assert list(reloaded["img"].values()) == list(result.test["img"])
+
+
+KILL_AFTER_FIRST_EPOCH = """
+import logging, os, signal, sys
+logging.basicConfig(level=logging.INFO)
+from pathlib import Path
+import keras
+from kaggle_sf.config import BackboneConfig, load_config
+from kaggle_sf.data.catalog import load_catalog
+from kaggle_sf.data.folds import make_folds
+from kaggle_sf.finetune import finetune_fold
+
+class KillAtSecondEpoch(keras.callbacks.Callback):
+    calls = 0
+    def on_train_begin(self, logs=None):
+        KillAtSecondEpoch.calls += 1
+        if KillAtSecondEpoch.calls == 2 and os.environ.get("KILL") == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+catalog = load_catalog(Path(sys.argv[1]))
+folds = make_folds(catalog.train, n_splits=2, seed=0)
+frames = catalog.train.set_index("img").loc[folds["img"]].reset_index()
+validation = (folds["fold"] == 0).to_numpy()
+config = load_config(None, ["train.finetune.phases=[{epochs: 3, learning_rate: 1e-3}]", "train.finetune.patience=5",
+                            "train.finetune.batch_size=16"]).train.finetune
+backbone = BackboneConfig(name="mobilenet", alpha=0.25, input_size=(64, 64), weights="none")
+result = finetune_fold(backbone, 0, frames[~validation], frames[validation], catalog.test, config, seed=1,
+                       folder=Path(sys.argv[2]), callbacks=[KillAtSecondEpoch()])
+print("EPOCHS", len(result.history["loss"]))
+"""
+
+
+def test_killed_training_resumes_from_last_finished_epoch(tiny_competition: Path, tmp_path: Path):
+    folder = tmp_path / "fold_0"
+    command = [sys.executable, "-c", KILL_AFTER_FIRST_EPOCH, str(tiny_competition), str(folder)]
+    environment = {**os.environ, "KILL": "1"}
+
+    killed = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = json.loads((folder / "state.json").read_text())
+    assert state["epoch"] == 1
+    assert len(state["history"]["loss"]) == 1
+    assert not (folder / "model.keras").exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+
+    resumed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming mobilenet_0.25_64x64 fold 0 at phase 1, epoch 2" in resumed.stderr
+    # One epoch before the kill plus two after it: three in all, not four.
+    assert "EPOCHS 3" in resumed.stdout
+    assert (folder / "model.keras").is_file()
+
+
+@pytest.mark.parametrize("phases", ["[{epochs: 1, learning_rate: 1e-3, train_backbone: false}]"])
+def test_frozen_phase_leaves_backbone_unchanged(tiny_competition: Path, tmp_path: Path, phases: str):
+    import keras
+
+    from kaggle_sf.finetune import finetune_fold
+
+    config = load_config(None, [f"train.finetune.phases={phases}", "train.finetune.batch_size=16"]).train.finetune
+    train, validation, test = _fold_frames(tiny_competition)
+    keras.utils.set_random_seed(1)
+    finetune_fold(BACKBONE, 0, train, validation, test, config, seed=1, folder=tmp_path / "a")
+    first = keras.models.load_model(tmp_path / "a" / "model.keras").get_layer("mobilenet").get_weights()
+    keras.utils.set_random_seed(1)
+    from kaggle_sf.models.classifier import build_classifier
+
+    initial = build_classifier(BACKBONE).get_layer("mobilenet").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, initial))
