@@ -31,5 +31,6 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.8", "psycopg2-binary>=2.9"],
+        "postgres": ["psycopg2-binary>=2.9"],
     },
 )

@@ -153,6 +153,9 @@ class FinetuneConfig:
     """Cap on training frames drawn per epoch (a fresh random subset each epoch); 0 uses all."""
     dropout: float = 0.5
     patience: int = 2
+    batch_norm: str = "frozen"
+    """``frozen`` keeps pretrained BatchNormalization layers in inference mode with their moving statistics;
+    ``train`` lets them normalise with batch statistics and update, which small MobileNets need."""
     augment: bool = True
     half_merge_probability: float = 0.3
     mixed_precision: bool = False
@@ -165,6 +168,8 @@ class FinetuneConfig:
                  f"must be >= 0, got {self.max_images_per_epoch}")
         _require(0 <= self.dropout < 1, "train.finetune.dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.patience >= 1, "train.finetune.patience", f"must be at least 1, got {self.patience}")
+        _require(self.batch_norm in ("frozen", "train"), "train.finetune.batch_norm",
+                 f"expected 'frozen' or 'train', got {self.batch_norm!r}")
         _require(0 <= self.half_merge_probability <= 1, "train.finetune.half_merge_probability",
                  f"must be in [0, 1], got {self.half_merge_probability}")
 

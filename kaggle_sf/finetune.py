@@ -131,13 +131,14 @@ def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, vali
         model = load_classifier(folder / CHECKPOINT)
     else:
         state = TrainingState()
-        model = build_classifier(backbone, dropout=config.dropout)
+        model = build_classifier(backbone, dropout=config.dropout,
+                                 freeze_batch_norm=config.batch_norm == "frozen")
 
     for phase_index in range(state.phase, len(phases)):
         phase = phases[phase_index]
         if state.epoch == 0:
             # A phase starts with its own layers to train and a fresh optimizer.
-            set_backbone_trainable(model, backbone, phase.train_backbone)
+            set_backbone_trainable(model, backbone, phase.train_backbone, config.batch_norm == "frozen")
             _compile(model, rates[phase_index], config)
             state.best_val_log_loss = math.inf
             state.epochs_without_improvement = 0

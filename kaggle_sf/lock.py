@@ -50,6 +50,11 @@ class LockOwner:
         return f"pid {self.pid} on {self.host} ({self.purpose}) since {since}"
 
 
+def work_dir_lock(work_dir: Path, name: str) -> Path:
+    """Return the lock file ``<work_dir>/cache/locks/<name>.lock``, for resources that have no file of their own."""
+    return Path(work_dir) / "cache" / "locks" / f"{name}.lock"
+
+
 def owner_path(lock_path: Path) -> Path:
     """Return the owner file of a lock file: ``<lock file>.owner``."""
     lock_path = Path(lock_path)

@@ -27,7 +27,7 @@ from kaggle_sf.data.folds import make_folds
 from kaggle_sf.data.image_check import screen_catalog
 from kaggle_sf.ensemble import make_blend_inputs
 from kaggle_sf.features import DECODER_VERSION, Features, extract_features, image_list_digest
-from kaggle_sf.lock import exclusive
+from kaggle_sf.lock import exclusive, work_dir_lock
 from kaggle_sf.metrics import accuracy, log_loss
 from kaggle_sf.models.backbones import weights_fingerprint
 from kaggle_sf.selection import BlendResult, FeatureSpace, choose_blend, feature_space, summarise
@@ -295,8 +295,7 @@ def run(config: Config, data_dir: Path, work_dir: Path, config_path: Path | None
     data_dir, work_dir = Path(data_dir), Path(work_dir)
     run_name = config.run_name or default_run_name(config_path)
     # Two jobs on one work directory must not download, generate or extract into the same folder at once.
-    data_lock = work_dir / "cache" / "locks" / f"data-{_digest(str(data_dir.resolve()))}.lock"
-    with exclusive(data_lock, f"preparing {data_dir}"):
+    with exclusive(work_dir_lock(work_dir, f"data-{_digest(str(data_dir.resolve()))}"), f"preparing {data_dir}"):
         synthetic = prepare_data_dir(data_dir, config.competition)
         catalog = load_catalog(data_dir)
     screened = screen_catalog(catalog, config.data.on_bad_image, work_dir / "cache" / "image_checks")
@@ -304,7 +303,10 @@ def run(config: Config, data_dir: Path, work_dir: Path, config_path: Path | None
     folds = make_folds(catalog.train, config.folds.n_splits, config.folds.seed, config.folds.validation_subjects)
 
     tracking.configure_tracking(work_dir)
-    experiment = tracking.experiment_id(config.competition, work_dir)
+    # MLflow 3.17 creates the tables of a new SQLite store without a lock, so two jobs starting on a new
+    # work directory at once would both run its migrations and one would fail.
+    with exclusive(work_dir_lock(work_dir, "mlflow-store"), "creating the MLflow store"):
+        experiment = tracking.experiment_id(config.competition, work_dir)
     with mlflow.start_run(run_name=run_name, experiment_id=experiment) as parent:
         parent_id = parent.info.run_id
         mlflow.set_tags({"data_dir": str(data_dir.resolve()), "synthetic": str(synthetic).lower(),
@@ -350,7 +352,7 @@ def run(config: Config, data_dir: Path, work_dir: Path, config_path: Path | None
         submission = build_submission(predicted["img"].tolist(), predicted.loc[:, list(CLASSES)].to_numpy(),
                                       screened.test_ids)
         submission_path = work_dir / "submissions" / f"{run_name}.csv"
-        with exclusive(work_dir / "cache" / "locks" / f"submission-{run_name}.lock", f"writing {submission_path}"):
+        with exclusive(work_dir_lock(work_dir, f"submission-{run_name}"), f"writing {submission_path}"):
             for name in (submission_path.name, submission_path.name + ".gz"):
                 remove_stale_temporaries(submission_path.parent, name)
             csv_path, gz_path = write_submission(submission, submission_path, screened.test_ids)

@@ -186,7 +186,7 @@ def fit_candidates(inputs: BlendInputs, rows: np.ndarray, spaces: Mapping[str, F
                              _smooth(combined.test, setting, spaces, "test"),
                              f"{combined.description}; smoothing {setting.describe()}"))
 
-        for variant_name, variant_step, oof, test, description in list(variants):
+        for variant_name, variant_step, oof, test, description in variants:
             fitted[variant_name] = Prediction(variant_step, oof, test, description)
             calibration = fit_calibration(oof[rows], labels, config.clip)
             fitted[f"{variant_name}+calibration"] = Prediction(
@@ -225,7 +225,7 @@ def held_out_check(inputs: BlendInputs, spaces: Mapping[str, FeatureSpace], conf
     """
     rng = np.random.default_rng(seed)
     losses: dict[str, list[float]] = {}
-    rows = []
+    selection_rows = []
     for repeat in range(config.held_out_repeats):
         first = driver_halves(inputs, rng)
         held_out_predictions: dict[str, np.ndarray] = {}
@@ -239,14 +239,14 @@ def held_out_check(inputs: BlendInputs, spaces: Mapping[str, FeatureSpace], conf
                     prediction.oof[scored_rows]
             winner = min(in_sample, key=in_sample.get)
             best_held_out = min(held_out, key=held_out.get)
-            rows.append({"repeat": repeat, "fitted_on": half,
-                         "fitted_drivers": " ".join(sorted(np.unique(inputs.subject[fit_rows]))),
-                         "in_sample_winner": winner, "winner_in_sample_log_loss": in_sample[winner],
-                         "winner_held_out_log_loss": held_out[winner], "best_held_out": best_held_out,
-                         "best_held_out_log_loss": held_out[best_held_out]})
+            selection_rows.append({"repeat": repeat, "fitted_on": half,
+                                   "fitted_drivers": " ".join(sorted(np.unique(inputs.subject[fit_rows]))),
+                                   "in_sample_winner": winner, "winner_in_sample_log_loss": in_sample[winner],
+                                   "winner_held_out_log_loss": held_out[winner], "best_held_out": best_held_out,
+                                   "best_held_out_log_loss": held_out[best_held_out]})
         for name, prediction in held_out_predictions.items():
             losses.setdefault(name, []).append(log_loss(inputs.labels, prediction))
-    return {name: float(np.mean(values)) for name, values in losses.items()}, pd.DataFrame(rows)
+    return {name: float(np.mean(values)) for name, values in losses.items()}, pd.DataFrame(selection_rows)
 
 
 # --- The stage -----------------------------------------------------------------------------------
@@ -313,8 +313,8 @@ def _test_log_loss(predictions: pd.DataFrame, test_labels: pd.DataFrame) -> floa
 
 def summarise(result: BlendResult) -> list[str]:
     """Return log lines: the candidate table, and the best candidate of each step with its held-out loss."""
-    lines = ["Blend candidates (held-out: fitted on half of the drivers, scored on the other half):",
-             result.candidates.drop(columns="description").to_string(index=False, float_format="%.4f")]
+    table = result.candidates.drop(columns="description").to_string(index=False, float_format="%.4f")
+    lines = [f"Blend candidates (held-out: fitted on half of the drivers, scored on the other half):\n{table}"]
     for step, group in result.candidates.groupby("step", sort=False):
         best = group.iloc[0]
         lines.append(f"best {step}: {best['candidate']} OOF {best['oof_log_loss']:.4f}, "

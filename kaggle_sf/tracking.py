@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
+URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]+@")
 
 
 def tracking_uri(work_dir: Path) -> str:
@@ -58,13 +60,21 @@ def experiment_id(name: str, work_dir: Path) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
+def hide_url_passwords(text: str) -> str:
+    """Replace the password of every ``scheme://user:password@host`` URL in ``text`` by ``***``."""
+    return URL_PASSWORD.sub(r"\1***@", text)
+
+
 def log_params(run_id: str, params: Mapping[str, object]) -> None:
-    """Log params in batches of at most 100, truncating values to MLflow's 6000-character limit."""
+    """Log params in batches of at most 100, truncating values to MLflow's 6000-character limit.
+
+    Passwords in URLs (such as a ``search.storage`` database URL) are logged as ``***``.
+    """
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+    items = [Param(str(k), hide_url_passwords(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
     for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
         client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
 

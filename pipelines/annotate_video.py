@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--show", action="store_true",
                         help="also show the annotated frames in a window (needs OpenCV with GUI support)")
     parser.add_argument("--work-dir", type=Path, default=Path("."),
-                        help="the main job's --work-dir, which holds mlruns/ and cache/ (default: current directory)")
+                        help="the main job's --work-dir, with its mlruns/ and cache/ (default: current directory)")
     parser.add_argument("--backbone", default=None, metavar="LABEL",
                         help="backbone label, e.g. mobilenet_0.25_224x224; needed when the run has several")
     parser.add_argument("--fold", type=int, default=None, help="annotate with this fold model only")
@@ -60,16 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     from kaggle_sf.atomic import atomic_path
     from kaggle_sf.explain.cam import CamError
     from kaggle_sf.explain.fold_models import ExplainError, load_run_models, open_tracking_store
-    from kaggle_sf.explain.video import VideoError, annotate_video, check_window_support, open_capture
+    from kaggle_sf.explain.video import (
+        VideoError,
+        annotate_video,
+        check_video_file,
+        check_window_support,
+        video_codec,
+    )
     from kaggle_sf.models.backbones import WeightsError
 
     camera = args.input.isdigit()
     try:
-        # Check the input and the window before the models load, which takes a while.
+        # Check the input, the output and the window before the models load, which takes a while.
+        video_codec(args.output)
         if args.show:
             check_window_support()
         if not camera:
-            open_capture(args.input)[0].release()
+            check_video_file(args.input)
         open_tracking_store(args.work_dir)
         refs, models = load_run_models(args.run_id, backbone=args.backbone, fold=args.fold)
         print(f"Annotating {'camera ' if camera else ''}{args.input} with {', '.join(ref.name for ref in refs)}")

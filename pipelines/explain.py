@@ -4,8 +4,8 @@
                                 [--output-dir DIR] [--backbone LABEL] [--fold K] [--class cN]
                                 [--method auto|cam|gradcam]
 
-A parent run id explains with the average of its fold models (one backbone, chosen with --backbone when
-the run has several); a fold run id, or --fold, with one fold model. Writes ``<image stem>_cam.png`` per
+A parent run id explains with the average of its fold models. When the run has several backbones,
+--backbone chooses one. A fold run id, or --fold, explains with one fold model. Writes ``<image stem>_cam.png`` per
 frame and prints the predicted class and probability of each.
 """
 
@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, nargs="+", required=True, metavar="FILE_OR_FOLDER",
                         help="frames to explain: image files, or folders whose images are all explained")
     parser.add_argument("--work-dir", type=Path, default=Path("."),
-                        help="the main job's --work-dir, which holds mlruns/ and cache/ (default: current directory)")
+                        help="the main job's --work-dir, with its mlruns/ and cache/ (default: current directory)")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the PNG files go (default: <work-dir>/explain/<run-id>/)")
     parser.add_argument("--backbone", default=None, metavar="LABEL",

@@ -113,12 +113,12 @@ CRASHES = (
 
 
 def _fold_folders(work_dir: Path) -> list[Path]:
-    return sorted((work_dir / "cache" / "models").glob("*/*/fold_*"))
+    return sorted(p for p in (work_dir / "cache" / "models").glob("*/*/fold_*") if p.is_dir())
 
 
 def _check_left_behind(crash_point: str, data_dir: Path, work_dir: Path) -> None:
     """Check what a run killed at ``crash_point`` left: finished work whole, the rest absent or temporary."""
-    features = sorted(p.name for p in (work_dir / "cache" / "features").glob("*.h5"))
+    features = sorted(p.name for p in (work_dir / "cache" / "features").glob("*.h5") if not p.name.startswith("."))
     submissions = work_dir / "submissions"
     if crash_point.startswith("extracted"):
         assert (data_dir / "imgs.zip").is_file()

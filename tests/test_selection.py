@@ -1,10 +1,12 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from kaggle_sf.config import CLASSES, EnsembleConfig
 from kaggle_sf.ensemble import make_blend_inputs, oof_log_loss
-from kaggle_sf.selection import choose_blend, driver_halves, feature_space, summarise
+from kaggle_sf.selection import choose_blend, driver_halves, feature_space, fit_candidates, summarise
 from tests.blend_data import fold_results, labels_of, make_folds_table, noisy_predictions, video_features
 
 N_TEST = 40
@@ -154,6 +156,24 @@ def test_driver_halves_split_every_fold(case):
             assert (~first[inputs.fold == fold]).any()
 
 
+def test_fit_candidates_ignores_labels_outside_rows(case):
+    # Held-out scores rely on this: a frame's own label never shapes its prediction when it is scored.
+    folds, results, spaces, _ = case
+    inputs = make_blend_inputs(results, folds, TEST_IDS)
+    rows = driver_halves(inputs, np.random.default_rng(1))
+    scrambled_labels = inputs.labels.copy()
+    scrambled_labels[~rows] = (scrambled_labels[~rows] + 3) % 10
+    scrambled = dataclasses.replace(inputs, labels=scrambled_labels)
+
+    fitted = fit_candidates(inputs, rows, spaces, FAST)
+    fitted_scrambled = fit_candidates(scrambled, rows, spaces, FAST)
+
+    assert fitted.keys() == fitted_scrambled.keys()
+    for name, prediction in fitted.items():
+        assert np.array_equal(prediction.oof, fitted_scrambled[name].oof), name
+        assert np.array_equal(prediction.test, fitted_scrambled[name].test), name
+
+
 def test_summary_names_best_of_each_step(result):
     lines = summarise(result)
 
@@ -175,7 +195,7 @@ def test_main_job_records_chosen_blend(tiny_competition, tmp_path, monkeypatch):
         "folds: {n_splits: 2}\n"
         "backbones:\n"
         "  - {name: mobilenet, alpha: 0.25, input_size: [64, 64], weights: none}\n"
-        "  - {name: mobilenet, alpha: 0.25, input_size: [96, 96], weights: none}\n"
+        "  - {name: mobilenet, alpha: 0.25, input_size: [32, 32], weights: none}\n"
         "train: {head: {max_epochs: 3, patience: 2}}\n"
         "ensemble: {neighbours: [1, 2], neighbour_weights: [0.5], held_out_repeats: 1}\n")
     config = load_config(config_file)

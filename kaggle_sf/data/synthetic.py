@@ -8,11 +8,12 @@ that decide how a model must be validated:
   hair, seat position and camera placement. All frames of one driver share it.
 * Frames of one driver and class are near-duplicates, like consecutive video frames: one pose with a few
   pixels of jitter, sensor noise and JPEG compression.
-* The class evidence sits where the real classes differ: hands on the wheel, a phone in the right or left
-  hand or at the ear, a hand on the radio, a cup at the mouth, an arm reaching behind the seat, a hand at
-  the hair, or the head turned toward the passenger.
-* The right-hand and left-hand classes (c1 and c3, c2 and c4) mirror each other about the driver's body,
-  so a horizontal flip moves the evidence of one class to where the other class keeps it.
+* The class evidence sits where the real classes differ. It is the hands on the wheel, a phone in the
+  right or left hand or at the ear, a hand on the radio, a cup at the mouth, an arm reaching behind the
+  seat, a hand at the hair, or the head turned toward the passenger.
+* The right-hand and left-hand classes (c1 and c3, c2 and c4) hold the phone at mirrored places about the
+  driver's head, so a horizontal flip moves the phone of one class to the side of the other: flipping is
+  not a label-preserving augmentation here, as on the real data.
 * Test drivers never appear in train.
 
 A classifier therefore scores much better on a random split of the training frames than on a split by
@@ -50,19 +51,20 @@ _REFERENCE_WIDTH, _REFERENCE_HEIGHT = 640, 480
 _SHIFT = 4  # fractional bits of the coordinates passed to OpenCV's drawing functions
 _BODY_PIVOT = np.array([250.0, 360.0])  # the hip: drivers differ in position and size around it
 
-# Where each body part and each hand target sits for a driver with no offset, in reference pixels.
+# Positions of the body parts and hand targets of a driver with no offset, in reference pixels. The
+# right-hand and left-hand targets mirror each other about the vertical line through the head (x = 230).
 _BODY_ANCHORS = {
-    "head": (230.0, 105.0),
+    "head": (230.0, 117.0),
     "shoulder_near": (215.0, 185.0),
     "shoulder_far": (272.0, 175.0),
     "hip": (250.0, 360.0),
     "knee": (445.0, 330.0),
-    "text_right": (262.0, 292.0),
-    "text_left": (352.0, 292.0),
-    "ear_right": (192.0, 112.0),
-    "ear_left": (270.0, 112.0),
-    "mouth": (282.0, 138.0),
-    "hair": (222.0, 52.0),
+    "text_right": (185.0, 290.0),
+    "text_left": (275.0, 290.0),
+    "ear_right": (192.0, 124.0),
+    "ear_left": (270.0, 124.0),
+    "mouth": (282.0, 150.0),
+    "hair": (222.0, 64.0),
 }
 # Car parts do not move with the driver, only with the camera.
 _CAR_ANCHORS = {
@@ -75,7 +77,7 @@ _CAR_ANCHORS = {
 
 @dataclass(frozen=True)
 class _Pose:
-    """Where each hand of the driver goes in one class, and what the driver holds or does."""
+    """Hand targets, held object and head turn of one class."""
 
     near_hand: str  # the driver's right hand, on the camera's side
     far_hand: str
@@ -262,8 +264,8 @@ def _draw_driver(canvas: _Canvas, look: _DriverLook, pose: _Pose, anchors: dict[
     """Draw the seat, the driver and what the driver holds, back to front."""
     scale = look.body_scale
     head, hip = anchors["head"], anchors["hip"]
-    canvas.ellipse(hip + (-65, -110) * np.array(scale), (80 * scale, 175 * scale), -12, look.seat)
-    canvas.ellipse(head + (-55, -5), (38 * scale, 52 * scale), -10, look.seat)
+    canvas.ellipse(hip + scale * np.array([-65.0, -110.0]), (80 * scale, 175 * scale), -12, look.seat)
+    canvas.ellipse(head + scale * np.array([-55.0, -5.0]), (38 * scale, 52 * scale), -10, look.seat)
     canvas.line(hip, anchors["knee"], look.trousers, 80 * scale)
     canvas.line(anchors["knee"], anchors["knee"] + (60, 160), look.trousers, 70 * scale)
 
@@ -292,21 +294,23 @@ def _draw_arm(canvas: _Canvas, look: _DriverLook, shoulder: np.ndarray, hand: np
 
 def _draw_head(canvas: _Canvas, look: _DriverLook, head: np.ndarray, scale: float, turned: bool) -> None:
     """Draw the head in profile facing the windscreen, or turned toward the camera and the passenger."""
+    def at(dx: float, dy: float) -> np.ndarray:
+        return head + scale * np.array([dx, dy])
+
     eye = (40, 40, 40)
     canvas.ellipse(head, (46 * scale, 56 * scale), 0, look.skin)
     if turned:
-        canvas.ellipse(head + (0, -30) * np.array(scale), (50 * scale, 32 * scale), 0, look.hair)
-        for side in (-1, 1):
-            canvas.circle(head + (side * 17, 0) * np.array(scale), 6 * scale, eye)
-        canvas.ellipse(head + (0, 30) * np.array(scale), (14 * scale, 6 * scale), 0, (120, 40, 40))
-        glasses_at = [head + (side * 17, 0) * np.array(scale) for side in (-1, 1)]
+        canvas.ellipse(at(0, -30), (50 * scale, 32 * scale), 0, look.hair)
+        eyes = [at(-17, 0), at(17, 0)]
+        canvas.ellipse(at(0, 30), (14 * scale, 6 * scale), 0, (120, 40, 40))
     else:
-        canvas.ellipse(head + (-14, -22) * np.array(scale), (42 * scale, 44 * scale), -20, look.hair)
-        canvas.circle(head + (28, -4) * np.array(scale), 6 * scale, eye)
-        canvas.ellipse(head + (46, 8) * np.array(scale), (9 * scale, 7 * scale), 0, look.skin)
-        glasses_at = [head + (28, -4) * np.array(scale)]
+        canvas.ellipse(at(-14, -22), (42 * scale, 44 * scale), -20, look.hair)
+        eyes = [at(28, -4)]
+        canvas.ellipse(at(46, 8), (9 * scale, 7 * scale), 0, look.skin)
+    for centre in eyes:
+        canvas.circle(centre, 6 * scale, eye)
     if look.glasses:
-        for centre in glasses_at:
+        for centre in eyes:
             canvas.ellipse(centre, (12 * scale, 9 * scale), 0, (15, 15, 15), width=3)
 
 
@@ -337,9 +341,10 @@ def _render_frame(look: _DriverLook, pose: _Pose, take_offsets: np.ndarray,
     image = cv2.warpAffine(canvas.image, camera, (width, height), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REFLECT_101)
 
-    light = look.brightness * rng.uniform(0.96, 1.04)
-    noisy = image.astype(np.float32) * light + rng.normal(0, 4.0, size=image.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
+    light = np.float32(look.brightness * rng.uniform(0.96, 1.04))
+    noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(4.0)
+    noisy = image.astype(np.float32) * light + noise
+    return np.clip(noisy, 0, 255, out=noisy).astype(np.uint8)
 
 
 def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -369,7 +374,7 @@ class _Frame:
 
 def _plan_frames(seed: int, n_train_subjects: int, n_test_subjects: int,
                  frames_per_class: int) -> list[tuple[_Frame, int]]:
-    """Name the drivers and frames; return each frame with its index among the driver's class frames."""
+    """Name the drivers and frames, each frame with its index among the frames of its driver and class."""
     rng = np.random.default_rng([seed, _PLAN_STREAM])
     n_subjects = n_train_subjects + n_test_subjects
     id_pool = np.arange(1, 100) if n_subjects < 100 else np.arange(1, MAX_SUBJECTS + 1)
@@ -381,7 +386,7 @@ def _plan_frames(seed: int, n_train_subjects: int, n_test_subjects: int,
              for subject in subjects
              for classname in CLASSES
              for index in range(frames_per_class)]
-    # Numbers drawn at random from a wider range, so that a name tells neither the split nor the class.
+    # Numbers drawn at random from a wider range, so that a file name reveals neither split nor class.
     numbers = rng.choice(np.arange(1, 10 * len(slots) + 1), size=len(slots), replace=False)
     return [(_Frame(f"img_{number}.jpg", subject, classname, split), index)
             for (split, subject, classname, index), number in zip(slots, numbers)]
@@ -442,7 +447,7 @@ def _marker_text(frames: list[_Frame], image_size: tuple[int, int], seed: int) -
         "SYNTHETIC DATA: drawn frames in the file layout of Kaggle's State Farm Distracted Driver",
         "Detection competition, generated by kaggle_sf.data.synthetic. There are no photographs here.",
         "A score measured on this data shows that the pipeline works, not how it would do on the",
-        "competition. test_labels.csv holds the true classes of the test frames.",
+        "competition. test_labels.csv contains the true classes of the test frames.",
         "",
         f"seed: {seed}",
         f"image_size: {image_size[0]}x{image_size[1]}",
@@ -479,9 +484,35 @@ def _check_destination(destination: Path) -> None:
     if not destination.is_dir():
         raise ValueError(f"cannot write the synthetic dataset to {destination}: it exists and is not a "
                          "folder. Pass a new or empty folder.")
-    if any(destination.iterdir()):
-        raise ValueError(f"cannot write the synthetic dataset to {destination}: the folder is not empty. "
+    visible = sorted(entry.name for entry in destination.iterdir() if not entry.name.startswith("."))
+    if visible:
+        raise ValueError(f"cannot write the synthetic dataset to {destination}: the folder is not empty "
+                         f"(it contains {', '.join(visible[:3])}{', ...' if len(visible) > 3 else ''}). "
                          "Pass a new or empty folder, or delete its contents first.")
+
+
+def _move_into_place(staging: Path, destination: Path) -> None:
+    """Rename the finished dataset onto ``destination``, keeping the hidden entries it already contains.
+
+    Readers see ``destination`` either without the dataset or with all of it. Hidden entries (a
+    ``.gitkeep``) are moved over after the swap, so for a moment they are only in the hidden sibling
+    ``.<name>.previous-*``, which is where they stay if the process dies in that moment.
+    """
+    # On POSIX the rename replaces an empty folder in one step and fails on a non-empty one.
+    if not destination.exists() or not any(destination.iterdir()):
+        os.replace(staging, destination)
+        return
+
+    previous = destination.parent / f".{destination.name}.previous-{uuid.uuid4().hex[:12]}"
+    os.replace(destination, previous)
+    try:
+        os.replace(staging, destination)
+    except OSError:
+        os.replace(previous, destination)
+        raise
+    for entry in sorted(previous.iterdir()):
+        os.replace(entry, destination / entry.name)
+    previous.rmdir()
 
 
 def generate_dataset(
@@ -499,13 +530,14 @@ def generate_dataset(
     (``subject,classname,img``), ``sample_submission.csv`` (``img,c0..c9``, 0.1 each), ``test_labels.csv``
     (``img,subject,classname``, the true classes of the test frames) and the marker file ``SYNTHETIC.txt``.
     Every driver has every class, with ``frames_per_class`` frames each. The dataset is built in a hidden
-    sibling folder and renamed onto ``destination`` when complete, so ``destination`` is either absent
-    or whole. The same arguments give the same bytes.
+    sibling folder and renamed onto ``destination`` when complete, so ``destination`` never contains
+    part of a dataset. The same arguments give the same bytes with the same versions of NumPy and OpenCV.
 
-    The defaults write 660 frames of 160x120 (about 2.5 MB).
+    The defaults write 660 frames of 160x120, about 4 MB.
 
     Args:
-        destination: folder to create; it may exist if it is empty.
+        destination: folder to create. It may exist if it is empty or holds only hidden entries (such as
+            ``.gitkeep``), which are kept.
         n_train_subjects: number of drivers in ``train/``.
         n_test_subjects: number of other drivers in ``test/``.
         frames_per_class: frames per driver and class; they are near-duplicates of each other.
@@ -516,7 +548,8 @@ def generate_dataset(
         ``destination``.
 
     Raises:
-        ValueError: an argument is out of range, or ``destination`` is a file or a non-empty folder.
+        ValueError: an argument is out of range, or ``destination`` is a file or a folder that contains
+            anything but hidden entries.
 
     Example:
         >>> import tempfile
@@ -539,10 +572,9 @@ def generate_dataset(
         _write_frames(staging, planned, image_size, seed)
         _write_tables(staging, frames)
         (staging / MARKER_NAME).write_text(_marker_text(frames, image_size, seed), encoding="utf-8")
-        # On POSIX the rename replaces an empty destination folder in one step and fails on a non-empty one.
-        os.replace(staging, destination)
+        _move_into_place(staging, destination)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # nothing left to remove once the rename succeeded
         raise
 
     logger.info("Wrote a synthetic dataset to %s: %d train drivers, %d test drivers, %d frames of %dx%d",
@@ -551,5 +583,5 @@ def generate_dataset(
 
 
 def is_synthetic(data_dir: Path) -> bool:
-    """Return whether ``data_dir`` holds a dataset written by :func:`generate_dataset`."""
+    """Return whether ``data_dir`` contains a dataset written by :func:`generate_dataset`."""
     return (Path(data_dir) / MARKER_NAME).is_file()

@@ -170,7 +170,7 @@ class CamModel:
             scores = tf.cast(self.score(maps), tf.float32)
             chosen = tf.gather(scores, classes[:, None], axis=1, batch_dims=1)
         # In inference mode the frames of a batch do not interact, so the gradient of the summed
-        # scores holds each frame's own gradient.
+        # scores is each frame's own gradient.
         gradients = tape.gradient(chosen, maps)
         channel_weights = tf.reduce_mean(gradients, axis=(1, 2))
         return tf.einsum("nhwk,nk->nhw", maps, channel_weights).numpy()

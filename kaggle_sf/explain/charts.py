@@ -147,8 +147,8 @@ def confusion_matrix_figure(labels: np.ndarray, probabilities: np.ndarray, title
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     accuracy = np.trace(counts) / max(counts.sum(), 1)
-    axes.set_title(title or f"Out-of-fold confusion matrix ({counts.sum()} frames, accuracy {accuracy:.3f})")
-    figure.colorbar(image, ax=axes, label="fraction of the true class")
+    axes.set_title(title or f"Out-of-fold confusion matrix\n{counts.sum()} frames, accuracy {accuracy:.3f}")
+    figure.colorbar(image, ax=axes, label="fraction of the true class", shrink=0.8)
     return figure
 
 
@@ -221,7 +221,7 @@ def learning_curves_figure(histories: Mapping[int, Mapping[str, Sequence[float]]
 
 @dataclass(frozen=True)
 class CamTile:
-    """One frame of a class-activation grid: the overlay and what the model said about it."""
+    """One frame of a class-activation grid: its overlay, its true class and the prediction."""
 
     overlay: np.ndarray
     img: str

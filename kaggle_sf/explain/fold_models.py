@@ -35,7 +35,7 @@ class ExplainError(ValueError):
 
 @dataclass(frozen=True)
 class FoldModelRef:
-    """Where one fold model of a run lives.
+    """The location and settings of one fold model of a run.
 
     Attributes:
         run_id: the fold's MLflow child run.
@@ -188,7 +188,8 @@ def load_cam_models(refs: Sequence[FoldModelRef]) -> list:
     feature maps once per frame.
 
     Raises:
-        ExplainError: a fold model's folder has neither ``model.keras`` nor ``head.keras``.
+        ExplainError: a fold model's folder has neither ``model.keras`` nor ``head.keras``, or a head-mode
+            fold model sits on a randomly initialised backbone, which cannot be rebuilt.
         WeightsError: a head-mode backbone's ImageNet weights are not available.
     """
     import keras
@@ -205,12 +206,16 @@ def load_cam_models(refs: Sequence[FoldModelRef]) -> list:
         if model_file.is_file():
             classifier = keras.models.load_model(model_file, compile=False)
         elif head_file.is_file():
+            if ref.backbone.weights.lower() == "none":
+                raise ExplainError(f"{ref.name} is a head trained on features of a randomly initialised "
+                                   "backbone (backbones.weights: none), whose weights were never saved, so it "
+                                   "cannot be rebuilt; train with imagenet or an .h5 weights file to explain it")
             if ref.backbone.label not in backbones:
                 backbones[ref.backbone.label] = build_backbone(ref.backbone, pooling=None)
             head = keras.models.load_model(head_file, compile=False)
             classifier = assemble_head_classifier(backbones[ref.backbone.label], head)
         else:
-            raise ExplainError(f"{ref.model_dir} ({ref.name}) holds neither {MODEL_FILE} nor {HEAD_FILE}; "
+            raise ExplainError(f"{ref.model_dir} ({ref.name}) contains neither {MODEL_FILE} nor {HEAD_FILE}; "
                                "the model was trained before fold models were saved, or the folder was "
                                "removed. Delete the folder and re-run the main job to retrain that fold")
         models.append(split_classifier(classifier, layer, name=ref.name))

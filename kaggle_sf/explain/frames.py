@@ -71,14 +71,14 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
     """Expand files and folders into image files: a folder gives its images, sorted by name.
 
     Raises:
-        FrameError: a path does not exist, or a folder holds no image.
+        FrameError: a path does not exist, or a folder contains no image.
     """
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FrameError(f"folder {path} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+                raise FrameError(f"folder {path} contains no image ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
         elif path.is_file():
             files.append(path)

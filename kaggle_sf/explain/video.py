@@ -44,7 +44,7 @@ class VideoError(ValueError):
 
 @dataclass(frozen=True)
 class VideoReport:
-    """What an annotation run did.
+    """The result of an annotation run.
 
     Attributes:
         output: the annotated video.
@@ -106,6 +106,20 @@ def open_capture(source: str | int) -> tuple[cv2.VideoCapture, str]:
     return capture, str(path)
 
 
+def check_video_file(path: str | Path) -> None:
+    """Check that a video file opens and has a first frame, before slower work starts.
+
+    Raises:
+        VideoError: the file is missing, cannot be opened, or has no frames.
+    """
+    capture, described = open_capture(str(path))
+    try:
+        if not capture.read()[0]:
+            raise VideoError(f"{described} has no frames to read")
+    finally:
+        capture.release()
+
+
 def read_frames(capture: cv2.VideoCapture, max_frames: int | None) -> Iterator[np.ndarray]:
     """Yield RGB frames until the capture ends or ``max_frames`` are read."""
     count = 0
@@ -129,18 +143,28 @@ def batched(frames: Iterator[np.ndarray], batch_size: int) -> Iterator[list[np.n
         yield batch
 
 
-def open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
-    """Open a video writer for (width, height) frames, with the codec that the file suffix implies.
+def video_codec(output: Path) -> str:
+    """Return the FourCC code for an output file, chosen by its suffix.
 
     Raises:
-        VideoError: the suffix is not ``.mp4`` or ``.avi``, or OpenCV cannot write the file.
+        VideoError: the suffix is not ``.mp4`` or ``.avi``.
     """
-    suffix = Path(path).suffix.lower()
+    suffix = Path(output).suffix.lower()
     if suffix not in FOURCC_BY_SUFFIX:
-        raise VideoError(f"output {path} must end in {' or '.join(FOURCC_BY_SUFFIX)}, got {suffix or 'no suffix'}")
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCC_BY_SUFFIX[suffix]), fps, size)
+        raise VideoError(f"output {output} must end in {' or '.join(FOURCC_BY_SUFFIX)}, got {suffix or 'no suffix'}")
+    return FOURCC_BY_SUFFIX[suffix]
+
+
+def open_writer(path: Path, output: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+    """Open a video writer at ``path`` for (width, height) frames, with the codec that ``output`` implies.
+
+    Raises:
+        VideoError: OpenCV cannot write the file.
+    """
+    codec = video_codec(output)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
     if not writer.isOpened():
-        raise VideoError(f"cannot write video {path}: OpenCV could not open a {FOURCC_BY_SUFFIX[suffix]} writer")
+        raise VideoError(f"cannot write video {output}: OpenCV could not open a {codec} writer")
     return writer
 
 
@@ -206,6 +230,7 @@ def annotate_video(models: Sequence[CamModel], source: str | int, output: Path, 
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    video_codec(output)
     if show:
         check_window_support()
     smoother = PredictionSmoother(smooth)
@@ -225,7 +250,7 @@ def annotate_video(models: Sequence[CamModel], source: str | int, output: Path, 
         rows: list[list] = []
         started = time.monotonic()
         with atomic_path(output) as temporary:
-            writer = open_writer(temporary, fps, (2 * width, height))
+            writer = open_writer(temporary, output, fps, (2 * width, height))
             try:
                 with tqdm(total=total, desc="annotating", unit="frame", disable=None) as progress:
                     for batch in batched(itertools.chain([first], frames), batch_size):

@@ -19,8 +19,14 @@ from kaggle_sf.config import CLASSES, BackboneConfig
 from kaggle_sf.models.backbones import build_backbone
 
 
-def build_classifier(backbone: BackboneConfig, dropout: float = 0.5, weight_decay: float = 0.0) -> keras.Model:
-    """Build the trainable classifier for one backbone, with its pretrained weights loaded."""
+def build_classifier(backbone: BackboneConfig, dropout: float = 0.5, weight_decay: float = 0.0,
+                     freeze_batch_norm: bool = True) -> keras.Model:
+    """Build the trainable classifier for one backbone, with its pretrained weights loaded.
+
+    Args:
+        freeze_batch_norm: keep pretrained BatchNormalization layers in inference mode (see
+            ``set_backbone_trainable``).
+    """
     features = build_backbone(backbone, pooling=None)
     preprocessing = features.get_layer("preprocessing")
     network = features.get_layer(backbone.name)
@@ -34,11 +40,12 @@ def build_classifier(backbone: BackboneConfig, dropout: float = 0.5, weight_deca
         kernel_regularizer=keras.regularizers.L2(weight_decay) if weight_decay > 0 else None,
     )(dropped)
     model = keras.Model(inputs, outputs, name=f"{backbone.label}_classifier")
-    set_backbone_trainable(model, backbone, True)
+    set_backbone_trainable(model, backbone, True, freeze_batch_norm)
     return model
 
 
-def set_backbone_trainable(model: keras.Model, backbone: BackboneConfig, trainable: bool) -> None:
+def set_backbone_trainable(model: keras.Model, backbone: BackboneConfig, trainable: bool,
+                           freeze_batch_norm: bool = True) -> None:
     """Let the backbone's layers train (or freeze them); pretrained BatchNormalization layers stay frozen.
 
     A frozen BatchNormalization layer runs in inference mode in Keras 3, so its moving statistics stay
@@ -47,11 +54,17 @@ def set_backbone_trainable(model: keras.Model, backbone: BackboneConfig, trainab
     backbone is not enough: Keras 3 still updates the statistics when the outer model trains. A backbone
     with random weights (``weights: none``) has no statistics worth keeping, and frozen random
     statistics saturate its activations, so its BatchNormalization layers train.
+
+    ``freeze_batch_norm=False`` lets them train anyway. MobileNet v1 needs it: its ImageNet weights have
+    channels with a moving variance near zero, which an inference-mode BatchNormalization scales by up
+    to 48 (width 0.25), and on State Farm frames fine-tuning with frozen statistics drove most pooled
+    features to zero within an epoch at learning rates from 3e-5 to 5e-4, where training statistics
+    fitted.
     Recompile the model after calling this.
     """
     network = model.get_layer(backbone.name)
     network.trainable = trainable
-    if backbone.weights.lower() == "none":
+    if backbone.weights.lower() == "none" or not freeze_batch_norm:
         return
     for layer in network.layers:
         if isinstance(layer, keras.layers.BatchNormalization):

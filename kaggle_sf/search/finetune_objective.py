@@ -189,7 +189,7 @@ def make_finetune_objective(backbone: BackboneConfig, finetune: FinetuneConfig, 
                    .map(lambda images, labels: (tf.cast(images, tf.float32), labels))
                    .prefetch(tf.data.AUTOTUNE))
         validation = _validation_callback(frames, finetune.batch_size)
-        model.fit(batches, epochs=search.evaluations, steps_per_epoch=steps_per_evaluation, verbose=0,
+        model.fit(batches, epochs=search.evaluations, steps_per_epoch=steps_per_evaluation, shuffle=False, verbose=0,
                   callbacks=[validation, KerasPruningCallback(trial, OBJECTIVE)])
         return min(validation.values)
 
