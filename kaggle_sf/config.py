@@ -317,7 +317,14 @@ class SubmitConfig:
 
     enabled: bool = False
     message: str = ""
+    """Submission description; empty means the run name, MLflow run id and out-of-fold log loss."""
     timeout_s: float = 600.0
+    """How long to wait for Kaggle's score before leaving the submission pending."""
+    poll_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.timeout_s > 0, "submit.timeout_s", f"must be positive, got {self.timeout_s}")
+        _require(self.poll_interval_s > 0, "submit.poll_interval_s", f"must be positive, got {self.poll_interval_s}")
 
 
 @dataclass(frozen=True)

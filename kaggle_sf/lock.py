@@ -61,7 +61,8 @@ def owner_path(lock_path: Path) -> Path:
     return lock_path.with_name(lock_path.name + OWNER_SUFFIX)
 
 
-def _process_is_alive(pid: int) -> bool:
+def process_is_alive(pid: int) -> bool:
+    """Return whether a process with this id runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,7 +83,7 @@ def read_owner(lock_path: Path) -> LockOwner | None:
                           since=float(record["since"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if owner.host == socket.gethostname() and not _process_is_alive(owner.pid):
+    if owner.host == socket.gethostname() and not process_is_alive(owner.pid):
         return None
     return owner
 

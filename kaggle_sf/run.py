@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from kaggle_sf.data.folds import make_folds
 from kaggle_sf.data.image_check import screen_catalog
 from kaggle_sf.ensemble import make_blend_inputs
 from kaggle_sf.features import DECODER_VERSION, Features, extract_features, image_list_digest
-from kaggle_sf.lock import exclusive, work_dir_lock
+from kaggle_sf.lock import exclusive, process_is_alive, work_dir_lock
 from kaggle_sf.metrics import accuracy, log_loss
 from kaggle_sf.models.backbones import weights_fingerprint
 from kaggle_sf.selection import BlendResult, FeatureSpace, choose_blend, feature_space, summarise
@@ -126,11 +128,39 @@ def fold_model_dir(work_dir: Path, backbone: BackboneConfig, key: dict[str, obje
 # --- Stages --------------------------------------------------------------------------------------
 
 
+def _job_tags() -> dict[str, str]:
+    """Return the tags that name the process of a run, so that the runs of a killed job can be ended."""
+    return {"kaggle_sf.pid": str(os.getpid()), "kaggle_sf.host": socket.gethostname()}
+
+
+def end_runs_of_killed_jobs(experiment_id: str) -> int:
+    """Mark as KILLED the RUNNING runs of jobs on this host whose process no longer runs.
+
+    A job killed with SIGKILL cannot end its MLflow runs, which would otherwise show as running forever.
+
+    Returns:
+        The number of runs marked.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    marked = 0
+    for stale in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                    max_results=1000):
+        pid, host = stale.data.tags.get("kaggle_sf.pid"), stale.data.tags.get("kaggle_sf.host")
+        if host == socket.gethostname() and pid is not None and not process_is_alive(int(pid)):
+            client.set_terminated(stale.info.run_id, status="KILLED")
+            marked += 1
+    if marked:
+        logger.info("Marked %d MLflow runs of killed jobs as KILLED", marked)
+    return marked
+
+
 def _child_run(parent_id: str, experiment_id: str, name: str, stage: str):
     import mlflow
 
     return mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_id,
-                            tags={"stage": stage})
+                            tags={"stage": stage, **_job_tags()})
 
 
 def extract_backbone_features(config: Config, backbone: BackboneConfig, catalog: Catalog, work_dir: Path,
@@ -167,6 +197,24 @@ def fold_models_key(config: Config, backbone: BackboneConfig, catalog: Catalog, 
     return key
 
 
+def log_augmentation_grid(config: Config, backbone: BackboneConfig, frames: pd.DataFrame) -> None:
+    """Log ``augmentation/<label>.png`` on the active run: sample frames above their augmented versions.
+
+    Two frames of each of four classes, so that the same-class half merge has partners to show.
+    """
+    import mlflow
+
+    from kaggle_sf.data.augment import AugmentConfig, augmentation_grid
+
+    sample = (frames[frames["classname"].isin(list(CLASSES)[:4])].groupby("classname").head(2)
+              .sort_values("classname"))
+    grid = augmentation_grid(sample["path"].tolist(), class_indices(sample["classname"]).tolist(),
+                             backbone.input_size,
+                             AugmentConfig(half_merge_probability=config.train.finetune.half_merge_probability),
+                             seed=config.seed)
+    mlflow.log_image(grid, f"augmentation/{backbone.label}.png")
+
+
 def train_folds(config: Config, backbone: BackboneConfig, catalog: Catalog, folds: pd.DataFrame,
                 features: tuple[Features, Features], work_dir: Path, parent_id: str,
                 experiment_id: str) -> list[FoldResult]:
@@ -184,6 +232,8 @@ def train_folds(config: Config, backbone: BackboneConfig, catalog: Catalog, fold
     train_y = class_indices(folds["classname"])
     test_x = test_features.aligned(catalog.test["img"])
     frames = catalog.train.set_index("img").loc[folds["img"]].reset_index()
+    if mode == "finetune" and config.train.finetune.augment:
+        log_augmentation_grid(config, backbone, frames)
 
     results = []
     for fold in sorted(int(k) for k in folds.loc[folds["fold"] >= 0, "fold"].unique()):
@@ -275,6 +325,22 @@ def score(predictions: pd.DataFrame, labels: pd.DataFrame) -> tuple[float, float
     return log_loss(y, probabilities), accuracy(y, probabilities)
 
 
+def submit_run(config: Config, data_dir: Path, work_dir: Path, run_id: str) -> None:
+    """Upload a finished run's submission to Kaggle and record the score on the run.
+
+    Runs after the parent run has closed, so the submission artifact is final.
+    """
+    from kaggle_sf.kaggle_client import KaggleClient
+    from kaggle_sf.kaggle_submit import plan_submission, upload_and_wait
+
+    plan = plan_submission(config.competition, data_dir, work_dir, run_id=run_id,
+                           message=config.submit.message or None)
+    submission = upload_and_wait(plan, KaggleClient(), timeout=config.submit.timeout_s,
+                                 poll_interval=config.submit.poll_interval_s)
+    logger.info("Kaggle submission %d is %s (public score %s)", submission.ref, submission.status,
+                submission.public_score)
+
+
 # --- The main job --------------------------------------------------------------------------------
 
 
@@ -307,7 +373,8 @@ def run(config: Config, data_dir: Path, work_dir: Path, config_path: Path | None
     # work directory at once would both run its migrations and one would fail.
     with exclusive(work_dir_lock(work_dir, "mlflow-store"), "creating the MLflow store"):
         experiment = tracking.experiment_id(config.competition, work_dir)
-    with mlflow.start_run(run_name=run_name, experiment_id=experiment) as parent:
+    end_runs_of_killed_jobs(experiment)
+    with mlflow.start_run(run_name=run_name, experiment_id=experiment, tags=_job_tags()) as parent:
         parent_id = parent.info.run_id
         mlflow.set_tags({"data_dir": str(data_dir.resolve()), "synthetic": str(synthetic).lower(),
                          "config_file": str(config_path or "defaults")})
@@ -368,6 +435,9 @@ def run(config: Config, data_dir: Path, work_dir: Path, config_path: Path | None
             from kaggle_sf.explain.report import log_run_explanations
 
             log_run_explanations(parent_id, catalog, folds, blended.oof, config.explain)
+
+    if config.submit.enabled:
+        submit_run(config, data_dir, work_dir, parent_id)
 
     return RunResult(run_id=parent_id, run_name=run_name, oof_log_loss=oof_loss, submission_path=csv_path,
                      test_log_loss=test_loss, ensemble_chosen=blended.chosen,

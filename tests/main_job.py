@@ -119,3 +119,16 @@ def assert_same_submission(path: Path, reference: pd.DataFrame) -> None:
 def temporary_files(folder: Path) -> list[str]:
     """Return the temporary files that atomic writes left under ``folder``, relative to it."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".tmp-*"))
+
+
+def stored_runs(work_dir: Path, experiment_name: str) -> list:
+    """Return every run of an experiment in the work directory's MLflow store.
+
+    A client with its own URI leaves this process's tracking URI alone; ``mlflow.set_tracking_uri``
+    would also set ``MLFLOW_TRACKING_URI`` for the rest of the test session.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work_dir / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(experiment_name)
+    return list(client.search_runs([experiment.experiment_id], max_results=1000))

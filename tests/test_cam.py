@@ -30,15 +30,28 @@ def random_frames(count: int, size: int, seed: int = 0) -> np.ndarray:
 # --- CAM and Grad-CAM on the trainer's topology --------------------------------------------------
 
 
+def backbone_config(name: str, size: int) -> BackboneConfig:
+    """MobileNet with its ImageNet weights file (skips without it): a randomly initialised MobileNet's
+    feature maps are all close to 0. ResNet50 with random weights, whose maps are not."""
+    from conftest import MOBILENET_WEIGHTS
+
+    if name == "mobilenet":
+        if not MOBILENET_WEIGHTS.is_file():
+            pytest.skip(f"{MOBILENET_WEIGHTS} not present")
+        return BackboneConfig(name=name, input_size=(size, size), weights=str(MOBILENET_WEIGHTS))
+    return BackboneConfig(name=name, input_size=(size, size), weights="none")
+
+
 @pytest.mark.parametrize("name", ["mobilenet", "resnet50"])
 def test_gradcam_on_build_classifier_equals_cam(name):
     keras.utils.set_random_seed(7)
-    classifier = build_classifier(BackboneConfig(name=name, input_size=(96, 96), weights="none"))
+    classifier = build_classifier(backbone_config(name, 96))
     model = split_classifier(classifier, get_spec(name).last_conv_layer)
     frames = random_frames(3, 96)
 
     maps = model.feature_maps(frames)
     assert tuple(maps.shape[:3]) == (3, 3, 3)
+    assert float(np.abs(maps).mean()) > 1e-3
     np.testing.assert_allclose(model.probabilities(maps), classifier(frames, training=False).numpy(), atol=1e-6)
     np.testing.assert_array_equal(model.dense_kernel, classifier.get_layer("predictions").kernel.numpy())
 
@@ -49,6 +62,7 @@ def test_gradcam_on_build_classifier_equals_cam(name):
     gradcam = explain_frames([model], frames, classes=classes, method="gradcam")
     assert cam.heatmaps.shape == (3, 3, 3)
     np.testing.assert_allclose(gradcam.heatmaps, cam.heatmaps, atol=1e-5)
+
     # Each map is scaled to a peak of 1, or is all zeros when nothing in the frame speaks for the class.
     peaks = cam.heatmaps.max(axis=(1, 2))
     assert cam.heatmaps.min() >= 0
@@ -58,18 +72,22 @@ def test_gradcam_on_build_classifier_equals_cam(name):
 
 def test_gradcam_inside_nested_backbone():
     keras.utils.set_random_seed(3)
-    classifier = build_classifier(BackboneConfig(name="mobilenet", input_size=(64, 64), weights="none"))
-    model = split_classifier(classifier, "conv_pw_12_relu")
+    classifier = build_classifier(backbone_config("resnet50", 64))
+    model = split_classifier(classifier, "conv5_block2_out")
     frames = random_frames(2, 64)
 
     maps = model.feature_maps(frames)
-    assert tuple(maps.shape) == (2, 2, 2, 256)
-    np.testing.assert_allclose(model.probabilities(maps), classifier(frames, training=False).numpy(), atol=1e-6)
+    assert tuple(maps.shape) == (2, 2, 2, 2048)
+    assert float(np.abs(maps).mean()) > 1e-3
+    expected = classifier(frames, training=False).numpy()
+    assert np.abs(expected[0] - expected[1]).max() > 1e-4
+    np.testing.assert_allclose(model.probabilities(maps), expected, atol=1e-6)
     assert model.dense_kernel is None
     with pytest.raises(CamError, match="Grad-CAM"):
         model.heatmaps(maps, np.array([0, 1]), method="cam")
     heatmaps = explain_frames([model], frames).heatmaps
     assert heatmaps.shape == (2, 2, 2)
+    assert heatmaps.max() == pytest.approx(1.0)
 
 
 def test_split_rejects_an_unknown_layer():
@@ -147,18 +165,22 @@ def test_overlay_cold_and_hot_pixels():
 # --- Head-mode fold models -----------------------------------------------------------------------
 
 
-def test_head_classifier_matches_pooled_head():
+def test_head_classifier_matches_pooled_head(tmp_path):
     from kaggle_sf.explain.fold_models import assemble_head_classifier
 
+    # Both backbones load one weights file, as feature extraction and the loader do.
     keras.utils.set_random_seed(11)
-    config = BackboneConfig(name="mobilenet", input_size=(64, 64), weights="none")
-    head = build_head(256, dropout=0.5, weight_decay=1e-4)
+    weights = tmp_path / "resnet50.weights.h5"
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3)).save_weights(weights)
+    config = BackboneConfig(name="resnet50", input_size=(64, 64), weights=str(weights))
+    head = build_head(2048, dropout=0.5, weight_decay=1e-4)
     frames = random_frames(4, 64)
 
     pooled = build_backbone(config, pooling="avg")(frames, training=False).numpy()
     expected = head(pooled, training=False).numpy()
+    assert expected.max(axis=1).std() > 0.005
     classifier = assemble_head_classifier(build_backbone(config, pooling=None), head)
-    model = split_classifier(classifier, get_spec("mobilenet").last_conv_layer)
+    model = split_classifier(classifier, get_spec("resnet50").last_conv_layer)
     np.testing.assert_allclose(model.probabilities(model.feature_maps(frames)), expected, atol=1e-5)
     np.testing.assert_array_equal(model.dense_kernel, head.get_layer("predictions").kernel.numpy())
 

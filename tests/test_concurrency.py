@@ -24,6 +24,7 @@ from tests.main_job import (
     keras_home,
     main_job_command,
     reference_submission,
+    stored_runs,
     synthetic_competition,
     temporary_files,
 )
@@ -53,19 +54,6 @@ def wait_for_text(path: Path, text: str, timeout_s: float = 180) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"{path} did not show {text!r} within {timeout_s} s:\n{path.read_text()[-3000:]}")
-
-
-def stored_runs(work_dir: Path, experiment_name: str) -> list:
-    """Return every run of an experiment in the work directory's MLflow store.
-
-    A client with its own URI leaves this process's tracking URI alone; ``mlflow.set_tracking_uri``
-    would also set ``MLFLOW_TRACKING_URI`` for the rest of the test session.
-    """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{work_dir / 'mlruns' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(experiment_name)
-    return list(client.search_runs([experiment.experiment_id], max_results=1000))
 
 
 # --- Locks -----------------------------------------------------------------------------------------

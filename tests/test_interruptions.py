@@ -27,6 +27,7 @@ from tests.main_job import (
     keras_home,
     reference_submission,
     run_main_job,
+    stored_runs,
     synthetic_competition,
     temporary_files,
     zip_competition,
@@ -171,4 +172,10 @@ def test_killed_main_job_resumes_to_the_same_submission(tmp_path_factory: pytest
     assert gzipped.equals(pd.read_csv(work_dir / "submissions" / "crash.csv"))
     assert temporary_files(work_dir / "cache") == []
     assert temporary_files(work_dir / "submissions") == []
+
+    # The runs of the five jobs killed after MLflow started are ended as KILLED; none is left RUNNING.
+    runs = stored_runs(work_dir, "state-farm-distracted-driver-detection")
+    parents = sorted(run.info.status for run in runs if "mlflow.parentRunId" not in run.data.tags)
+    assert parents == ["FINISHED"] + ["KILLED"] * 5
+    assert "RUNNING" not in {run.info.status for run in runs}
     shutil.rmtree(work_dir)

@@ -492,3 +492,28 @@ def test_no_credentials_in_mlflow_or_logs(fake_kaggle, tracked_run, monkeypatch,
         assert secret not in captured.out
         assert secret not in captured.err
         assert secret not in plan.message
+
+
+def test_main_job_submits_when_enabled(fake_kaggle, api_key, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from kaggle_sf.config import load_config
+    from kaggle_sf.data.synthetic import generate_dataset
+    from kaggle_sf.run import run
+    from kaggle_sf.tracking import tracking_uri
+
+    data_dir = generate_dataset(tmp_path / "data", n_train_subjects=3, n_test_subjects=1, frames_per_class=2,
+                                image_size=(64, 48))
+    work_dir = tmp_path / "work"
+    config = load_config(None, ["folds.n_splits=3", "backbones.0.input_size=[64, 64]", "backbones.0.weights=none",
+                                "train.head.max_epochs=3", "explain.enabled=false", "submit.enabled=true",
+                                "submit.timeout_s=10", "submit.poll_interval_s=0.01", "run_name=synthetic-submit"])
+
+    result = run(config, data_dir, work_dir)
+
+    [upload] = fake_kaggle.uploads.values()
+    assert gzip.decompress(upload) == result.submission_path.read_bytes()
+    assert fake_kaggle.submissions[0]["description"].startswith(f"synthetic-submit (MLflow run {result.run_id}")
+    stored = MlflowClient(tracking_uri(work_dir)).get_run(result.run_id)
+    assert stored.data.metrics["public_score"] == pytest.approx(0.21543)
+    assert stored.data.tags["kaggle_submission_id"] == str(fake_kaggle.submissions[0]["ref"])

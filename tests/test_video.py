@@ -17,6 +17,7 @@ from kaggle_sf.explain.video import PredictionSmoother, VideoError, annotate_vid
 FRAME_SIZE = (320, 240)  # width, height of the clip's frames
 N_FRAMES = 10
 FPS = 5.0
+INPUT_SIZE = (224, 224)
 
 
 def write_clip(path: Path, frames: list[np.ndarray], fps: float = FPS) -> Path:
@@ -64,8 +65,9 @@ def clip_frames(tmp_path: Path, shared_data: Path) -> list[np.ndarray]:
 def finetuned_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An MLflow store with one fine-tuned-style fold model (``model.keras``), as the main job records it.
 
-    Uses the MobileNet-0.25 ImageNet weights when they are present, random weights otherwise; the head
-    is random either way, seeded.
+    Uses MobileNet-0.25 with its ImageNet weights when they are present, and otherwise ResNet50 with
+    random weights (a randomly initialised MobileNet's feature maps are all close to 0). The head is
+    random either way, seeded.
     """
     import mlflow
     from conftest import MOBILENET_WEIGHTS
@@ -73,8 +75,10 @@ def finetuned_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from kaggle_sf import tracking
     from kaggle_sf.models.classifier import build_classifier
 
-    backbone = BackboneConfig(name="mobilenet", alpha=0.25, input_size=(224, 224),
-                              weights=str(MOBILENET_WEIGHTS) if MOBILENET_WEIGHTS.is_file() else "none")
+    if MOBILENET_WEIGHTS.is_file():
+        backbone = BackboneConfig(name="mobilenet", alpha=0.25, input_size=INPUT_SIZE, weights=str(MOBILENET_WEIGHTS))
+    else:
+        backbone = BackboneConfig(name="resnet50", input_size=INPUT_SIZE, weights="none")
     keras.utils.set_random_seed(5)
     classifier = build_classifier(backbone)
     model_dir = tmp_path / "work" / "cache" / "models" / backbone.label / "key" / "fold_0"
@@ -121,7 +125,8 @@ def test_annotated_clip_matches_model_predictions(finetuned_run, tmp_path, capsy
 
     # The model's own predictions on the frames as the video decodes them.
     decoded, _ = read_clip(clip)
-    expected = classifier.predict(resize_frames([frame[..., ::-1] for frame in decoded], (224, 224)), verbose=0)
+    expected = classifier.predict(resize_frames([frame[..., ::-1] for frame in decoded], INPUT_SIZE), verbose=0)
+    assert np.ptp(expected.max(axis=1)) > 1e-3
     written = pd.read_csv(predictions_csv)
     assert written["frame"].tolist() == list(range(N_FRAMES))
     assert written["classname"].tolist() == [CLASSES[i] for i in expected.argmax(axis=1)]

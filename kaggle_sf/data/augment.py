@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -111,3 +112,19 @@ def make_batch_augmenter(config: AugmentConfig):
         return images, labels
 
     return augment
+
+
+def augmentation_grid(paths: list[str], labels: list[int], size: tuple[int, int], config: AugmentConfig,
+                      seed: int = 0) -> np.ndarray:
+    """Return a uint8 RGB picture: the frames on the top row, the same frames augmented below.
+
+    Shows what the model sees in training. All frames form one batch, so the half merge can pair
+    frames of the same class among them.
+    """
+    from kaggle_sf.data.images import image_dataset
+
+    augment = make_batch_augmenter(config)
+    plain = next(iter(image_dataset(paths, size, len(paths), labels=labels)))[0]
+    augmented, _ = augment(plain, tf.constant(labels, dtype=tf.int32), tf.constant([seed, 1], dtype=tf.int64))
+    rows = [np.concatenate(list(batch.numpy()), axis=1) for batch in (plain, augmented)]
+    return np.clip(np.concatenate(rows, axis=0), 0, 255).astype(np.uint8)

@@ -3,6 +3,7 @@
 A JPEG goes through the same decoder as the feature cache (``kaggle_sf.data.images.decode_image``), so
 a model predicts exactly the probabilities it gave the frame in the run. Other formats and video frames
 are resized with the same bilinear, antialiased resize, without the JPEG decoder's reduced-size decode.
+TensorFlow is imported when a frame is first resized, so reading this module does not start it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import tensorflow as tf
-
-from kaggle_sf.data.images import decode_image
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 IMAGE_SUFFIXES = (*JPEG_SUFFIXES, ".png", ".bmp")
@@ -45,6 +43,8 @@ def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
 
 def resize_frames(frames: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize uint8 RGB frames of one size to (n, height, width, 3) float32 model input in [0, 255]."""
+    import tensorflow as tf
+
     batch = tf.convert_to_tensor(np.stack(list(frames)).astype(np.float32))
     return tf.image.resize(batch, size, method="bilinear", antialias=True).numpy()
 
@@ -55,6 +55,10 @@ def model_inputs(paths: Sequence[Path], size: tuple[int, int]) -> np.ndarray:
     Raises:
         FrameError: a file is missing or cannot be decoded.
     """
+    import tensorflow as tf
+
+    from kaggle_sf.data.images import decode_image
+
     inputs = []
     for path in map(Path, paths):
         if path.suffix.lower() in JPEG_SUFFIXES and path.is_file():

@@ -22,6 +22,7 @@ from kaggle_sf.config import CLASSES, ExplainConfig
 from kaggle_sf.data.catalog import Catalog
 from kaggle_sf.explain import charts
 from kaggle_sf.explain.fold_models import ExplainError, FoldModelRef, find_fold_models, load_cam_models
+from kaggle_sf.explain.frames import FrameError
 from kaggle_sf.train import FoldResult, class_indices
 
 logger = logging.getLogger(__name__)
@@ -161,12 +162,15 @@ def log_run_explanations(run_id: str, catalog: Catalog, folds: pd.DataFrame, oof
     """Log the data and result charts, and per backbone its learning curves and class-activation grid.
 
     A backbone whose fold models cannot be found or loaded (for example models cached before fold models
-    were saved) gets a warning that names the fix, instead of failing the run.
+    were saved), or a frame that cannot be read for a picture, gets a warning instead of failing the run.
     """
     from kaggle_sf.models.backbones import WeightsError
 
     started = time.monotonic()
-    log_data_charts(run_id, catalog.train, config.frames_per_class)
+    try:
+        log_data_charts(run_id, catalog.train, config.frames_per_class)
+    except FrameError as error:
+        logger.warning("Charts of the data are incomplete: %s", error)
     log_result_charts(run_id, folds, oof)
 
     try:
@@ -178,7 +182,7 @@ def log_run_explanations(run_id: str, catalog: Catalog, folds: pd.DataFrame, oof
         try:
             log_backbone_charts(run_id, [ref for ref in refs if ref.backbone.label == label], catalog, folds,
                                 config)
-        except (ExplainError, WeightsError) as error:
+        except (ExplainError, FrameError, WeightsError) as error:
             logger.warning("No class-activation grid for %s: %s", label, error)
     logger.info("Logged charts and class-activation grids to run %s in %.1f s", run_id,
                 time.monotonic() - started)
