@@ -22,11 +22,20 @@ MAX_PARAM_LENGTH = 6000
 URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]+@")
 
 
+_configured_uris: set[str] = set()
+"""URIs this process passed to ``mlflow.set_tracking_uri``, which also exports them as
+``MLFLOW_TRACKING_URI`` (MLflow 3.17), so the variable alone cannot tell a user's choice from ours."""
+
+
+def user_tracking_uri() -> str | None:
+    """Return ``MLFLOW_TRACKING_URI`` when the user set it, None when unset or set by this process."""
+    value = os.environ.get("MLFLOW_TRACKING_URI")
+    return value if value and value not in _configured_uris else None
+
+
 def tracking_uri(work_dir: Path) -> str:
-    """Return the tracking URI for ``work_dir``: ``MLFLOW_TRACKING_URI`` if set, else its SQLite store."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(Path(work_dir) / 'mlruns' / 'mlflow.db').resolve()}"
+    """Return the tracking URI for ``work_dir``: the user's ``MLFLOW_TRACKING_URI``, else its SQLite store."""
+    return user_tracking_uri() or f"sqlite:///{(Path(work_dir) / 'mlruns' / 'mlflow.db').resolve()}"
 
 
 def artifact_root(work_dir: Path) -> str:
@@ -41,6 +50,7 @@ def configure_tracking(work_dir: Path) -> str:
     uri = tracking_uri(work_dir)
     if uri.startswith("sqlite:///"):
         (Path(work_dir) / "mlruns" / "artifacts").mkdir(parents=True, exist_ok=True)
+    _configured_uris.add(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -52,7 +62,7 @@ def experiment_id(name: str, work_dir: Path) -> str:
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root(work_dir)
+    location = None if user_tracking_uri() else artifact_root(work_dir)
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:

@@ -313,6 +313,17 @@ def test_main_job_trains_with_the_searched_head(tiny_competition, tmp_path):
 # --- A killed search resumes ---------------------------------------------------------------------
 
 
+def subprocess_environment() -> dict[str, str]:
+    """Return the environment of a search subprocess: quiet TensorFlow, and no MLFLOW_TRACKING_URI.
+
+    ``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI (MLflow 3.17), so an earlier test in this
+    process would otherwise send the subprocess's runs to that test's store.
+    """
+    environment = {name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"}
+    environment["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return environment
+
+
 def search_command(data_dir: Path, work_dir: Path, n_trials: int) -> list[str]:
     return [sys.executable, "-m", "pipelines.search_lr", "--data-dir", str(data_dir), "--work-dir", str(work_dir),
             "--config", str(ROOT / "configs" / "default.yaml"), "--study-name", "killed",
@@ -330,7 +341,7 @@ def killed_study(work_dir: Path) -> optuna.Study:
 def test_killed_search_resumes_without_losing_trials(tiny_competition, tmp_path):
     work_dir = tmp_path / "work"
     log = tmp_path / "search.log"
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment = subprocess_environment()
     with log.open("w") as output:
         search = subprocess.Popen(search_command(tiny_competition, work_dir, n_trials=100), cwd=ROOT,
                                   env=environment, stdout=output, stderr=subprocess.STDOUT)

@@ -52,6 +52,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def subprocess_environment() -> dict[str, str]:
+    """Return the environment of a search subprocess: quiet TensorFlow, and no MLFLOW_TRACKING_URI.
+
+    ``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI (MLflow 3.17), so an earlier test in this
+    process would otherwise send the subprocess's runs to that test's store.
+    """
+    environment = {name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"}
+    environment["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return environment
+
+
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """An SQLAlchemy URL of a PostgreSQL database for studies."""
@@ -128,7 +139,7 @@ WORKER = textwrap.dedent("""
 def test_two_workers_share_one_study(postgres_url):
     name = f"shared-{secrets.token_hex(4)}"
     budget = 12
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environment = {**subprocess_environment(), "PYTHONPATH": str(ROOT)}
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, name, str(budget)], cwd=ROOT,
                                 env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
@@ -163,7 +174,7 @@ def test_search_command_runs_against_postgres(postgres_url, tiny_competition, tm
                "--storage", postgres_url, "--study-name", f"cli-{secrets.token_hex(4)}", "--n-trials", "2",
                "--set", "backbones.0.weights=none", "--set", "backbones.0.input_size=[32, 32]",
                "--set", "folds.n_splits=2", "--set", "train.head.max_epochs=20", "--set", "train.head.patience=3"]
-    finished = subprocess.run(command, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    finished = subprocess.run(command, cwd=ROOT, env=subprocess_environment(),
                               capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
 

@@ -197,7 +197,8 @@ def test_main_job_records_chosen_blend(tiny_competition, tmp_path, monkeypatch):
         "  - {name: mobilenet, alpha: 0.25, input_size: [64, 64], weights: none}\n"
         "  - {name: mobilenet, alpha: 0.25, input_size: [32, 32], weights: none}\n"
         "train: {head: {max_epochs: 3, patience: 2}}\n"
-        "ensemble: {neighbours: [1, 2], neighbour_weights: [0.5], held_out_repeats: 1}\n")
+        "ensemble: {neighbours: [1, 2], neighbour_weights: [0.5], held_out_repeats: 1}\n"
+        "explain: {enabled: false}\n")
     config = load_config(config_file)
 
     result = run(config, tiny_competition, tmp_path / "work", config_file)

@@ -211,6 +211,8 @@ def load_cam_models(refs: Sequence[FoldModelRef]) -> list:
                                    "backbone (backbones.weights: none), whose weights were never saved, so it "
                                    "cannot be rebuilt; train with imagenet or an .h5 weights file to explain it")
             if ref.backbone.label not in backbones:
+                # NOTE: this loads the weights file found now; a different file than at feature
+                # extraction (another ImageNet download, an edited .h5) is not detected here.
                 backbones[ref.backbone.label] = build_backbone(ref.backbone, pooling=None)
             head = keras.models.load_model(head_file, compile=False)
             classifier = assemble_head_classifier(backbones[ref.backbone.label], head)

@@ -129,8 +129,9 @@ def log_result_charts(run_id: str, folds: pd.DataFrame, oof: pd.DataFrame) -> No
     """Log the out-of-fold confusion matrix and the log loss per class."""
     validated = folds[folds["fold"] >= 0]
     aligned = oof.set_index("img").reindex(validated["img"])
-    if aligned.isna().any().any():
-        raise ValueError("the out-of-fold predictions miss some validated frames")
+    missing = aligned.index[aligned.isna().any(axis=1)]
+    if len(missing):
+        raise ValueError(f"the out-of-fold predictions lack {len(missing)} validated frames, e.g. {missing[0]}")
     labels = class_indices(validated["classname"])
     probabilities = aligned.loc[:, list(CLASSES)].to_numpy()
     _log_figure(run_id, charts.confusion_matrix_figure(labels, probabilities), "charts/confusion_matrix.png")

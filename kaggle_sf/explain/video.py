@@ -292,6 +292,7 @@ def _annotate_batch(models: Sequence[CamModel], batch: list[np.ndarray], smoothe
         writer.write(annotated)
         rows.append([len(rows), classname, float(probabilities[index]), *map(float, probabilities)])
         if show:
+            # NOTE: unverified: the headless OpenCV that setup.py installs cannot open a window.
             cv2.imshow(WINDOW_NAME, annotated)
             if cv2.waitKey(1) & 0xFF == ord("q"):
                 return True

@@ -115,6 +115,10 @@ def log_study_summary(run_id: str, study: Study, objective: str) -> dict[str, ob
                      "intermediate_values.png": optuna.visualization.matplotlib.plot_intermediate_values}
             for name, plot in plots.items():
                 axes = plot(study, target_name=objective) if name.startswith("optimization") else plot(study)
+                if name.startswith("intermediate") and axes.get_legend() is not None:
+                    # One legend entry per trial buries the plot; trials.csv names the trials.
+                    axes.get_legend().remove()
+                    axes.set_ylabel(f"{objective} at step")
                 axes.figure.set_size_inches(9, 5)
                 axes.figure.savefig(folder / name, dpi=100, bbox_inches="tight")
                 plt.close(axes.figure)

@@ -1,0 +1,1 @@
+"""Throughput and memory measurements of the toolkit against the plain way, run with ``python -m benchmarks.run``."""

@@ -1,0 +1,170 @@
+"""Shared pieces of the benchmarks: result rows, interleaved timing, frame samples and the machine.
+
+Every comparison runs the toolkit's way and the plain way in the same process, round after round, on
+the same frames, with the order of the variants rotated each round. A machine that gets busier or
+quieter during a benchmark then slows both ways alike, so the per-round ratios stay meaningful even
+when the absolute rates do not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measured number, printed as one JSON line.
+
+    Attributes:
+        name: ``<benchmark>/<what>``, e.g. ``input_pipeline/toolkit``.
+        value: the measurement in ``unit`` (a median over rounds where there are rounds).
+        unit: e.g. ``frames/s``, ``MB``, ``s``, ``trials/min``.
+        ratio: the toolkit's value over its comparison's (``settings["ratio_of"]`` says which); None
+            where the row has no comparison.
+        frames: frames (or feature rows) processed in the timed part, over all rounds.
+        seconds: wall-clock seconds of the timed part, over all rounds.
+        settings: everything that determines the number: sizes, rounds, batch size, load average.
+    """
+
+    name: str
+    value: float
+    unit: str
+    ratio: float | None
+    frames: int | None
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        row = asdict(self)
+        row["value"] = round(self.value, 4)
+        row["ratio"] = None if self.ratio is None else round(self.ratio, 4)
+        row["seconds"] = round(self.seconds, 3)
+        return json.dumps(row, sort_keys=False)
+
+
+# --- Interleaved timing --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Frames processed and seconds taken by one variant in one round."""
+
+    frames: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.frames / self.seconds
+
+
+def interleave(variants: Mapping[str, Callable[[int], int]], rounds: int,
+               warm_up: Iterable[str] = ()) -> dict[str, list[Timing]]:
+    """Time each variant once per round, rotating their order every round.
+
+    Args:
+        variants: name -> function of the round number that does one round's work and returns the
+            number of frames it processed.
+        rounds: how many times each variant runs.
+        warm_up: variants to run once, untimed, before the first round (round number -1), so that
+            one-time costs such as TensorFlow's start-up and tracing stay out of the rates.
+
+    Returns:
+        Per variant, one ``Timing`` per round in round order.
+    """
+    for name in warm_up:
+        variants[name](-1)
+    names = list(variants)
+    timings: dict[str, list[Timing]] = {name: [None] * rounds for name in names}
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            frames = variants[name](round_number)
+            timings[name][round_number] = Timing(frames, time.perf_counter() - started)
+    return timings
+
+
+def median_rate(timings: list[Timing]) -> float:
+    """Return the median over rounds of frames per second."""
+    return statistics.median(timing.rate for timing in timings)
+
+
+def median_ratio(numerator: list[Timing], denominator: list[Timing]) -> float:
+    """Return the median over rounds of the ratio of two variants' rates measured in the same round."""
+    return statistics.median(a.rate / b.rate for a, b in zip(numerator, denominator))
+
+
+def rate_result(name: str, timings: dict[str, list[Timing]], variant: str, compared_with: str | None,
+                settings: dict[str, Any], unit: str = "frames/s") -> Result:
+    """Summarise one variant's rounds as a Result, with its ratio to ``compared_with`` when given."""
+    rounds = timings[variant]
+    ratio = median_ratio(rounds, timings[compared_with]) if compared_with else None
+    extra = {"ratio_of": f"{variant} / {compared_with}"} if compared_with else {}
+    return Result(name=name, value=median_rate(rounds), unit=unit, ratio=ratio,
+                  frames=sum(t.frames for t in rounds), seconds=sum(t.seconds for t in rounds),
+                  settings={**settings, **extra, "rounds": len(rounds), "load_average_1min": load_average()})
+
+
+# --- Frames --------------------------------------------------------------------------------------
+
+
+def sample_train_frames(data_dir: Path, n_frames: int, seed: int = 0) -> pd.DataFrame:
+    """Return ``n_frames`` training frames (``img, path, classname, ...``), drawn evenly over the classes.
+
+    Every file is read once so that both ways of loading find it in the page cache.
+    """
+    from kaggle_sf.data.catalog import load_catalog
+
+    train = load_catalog(Path(data_dir)).train
+    shuffled = train.sample(frac=1.0, random_state=seed)
+    rank = shuffled.groupby("classname").cumcount()
+    frames = shuffled.assign(rank=rank.to_numpy()).sort_values("rank", kind="stable").head(n_frames)
+    frames = frames.drop(columns="rank").reset_index(drop=True)
+    for path in frames["path"]:
+        Path(path).read_bytes()
+    return frames
+
+
+# --- Machine -------------------------------------------------------------------------------------
+
+
+def load_average() -> float:
+    """Return the one-minute load average, rounded to 0.1."""
+    return round(os.getloadavg()[0], 1)
+
+
+def cpu_model() -> str:
+    """Return the CPU model name from ``/proc/cpuinfo``, or the platform's processor string."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_result() -> Result:
+    """Describe the machine: cores (the value), CPU model, memory, load and library versions."""
+    import cv2
+    import keras
+    import PIL
+    import scipy
+    import tensorflow as tf
+
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    settings = {"cpu_model": cpu_model(), "machine": platform.machine(), "memory_gb": round(memory_gb, 1),
+                "load_average_1min": load_average(), "gpus": len(tf.config.list_physical_devices("GPU")),
+                "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+                "opencv": cv2.__version__, "pillow": PIL.__version__, "scipy": scipy.__version__}
+    return Result(name="machine", value=float(os.cpu_count() or 1), unit="cores", ratio=None, frames=None,
+                  seconds=0.0, settings=settings)

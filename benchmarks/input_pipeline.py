@@ -1,0 +1,166 @@
+"""Input pipeline: JPEG files to training batches, the toolkit's tf.data pipeline against the plain way.
+
+Variants, each run once per round on the same frames:
+
+- ``toolkit`` and ``toolkit_augment``: ``kaggle_sf.data.images.image_dataset`` with labels and
+  shuffling, without and with ``make_batch_augmenter(AugmentConfig())``, batches of 32;
+- ``plain``, ``plain_augment`` and ``plain_nearest``: ``benchmarks.plain.plain_batches``, the
+  one-frame-at-a-time loop of Keras 2's ``flow_from_directory``; ``plain_nearest`` resizes with Keras'
+  default nearest-neighbour filter instead of an antialiased one;
+- ``decode_opencv`` and ``decode_tensorflow``: the JPEG decoding limit, JPEG bytes already in memory
+  decoded at the DCT reduction that ``image_dataset`` chooses for the size, on every core (a thread per
+  core for OpenCV, a parallel ``tf.data`` map for TensorFlow). Nothing is resized or batched.
+
+The toolkit's share of the decoding limit is its rate over the faster of the two decoders in the same
+round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import Result, Timing, interleave, median_ratio, rate_result, sample_train_frames
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 32
+
+
+def dct_ratio(frame_shape: tuple[int, int], size: tuple[int, int]) -> int:
+    """Return the DCT reduction ``image_dataset`` decodes a (height, width) JPEG at for a target ``size``."""
+    from kaggle_sf.data.images import DCT_SCALES
+
+    for ratio in DCT_SCALES:
+        if frame_shape[0] // ratio >= size[0] and frame_shape[1] // ratio >= size[1]:
+            return ratio
+    return 1
+
+
+def _opencv_decoder(blobs: list[bytes], ratio: int, threads: int):
+    import cv2
+
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}[ratio]
+    arrays = [np.frombuffer(blob, dtype=np.uint8) for blob in blobs]
+    pool = ThreadPoolExecutor(threads)
+
+    def decode(round_number: int) -> int:
+        # OpenCV releases the GIL while decoding, so the threads decode in parallel.
+        decoded = list(pool.map(lambda array: cv2.imdecode(array, flags), arrays))
+        return sum(frame is not None for frame in decoded)
+
+    return decode, pool
+
+
+def _tensorflow_decoder(blobs: list[bytes], ratio: int):
+    import tensorflow as tf
+
+    contents = tf.constant(blobs)
+
+    def decode(round_number: int) -> int:
+        dataset = tf.data.Dataset.from_tensor_slices(contents).map(
+            # Only the shape leaves the pipeline, so the rate is the decoder's, not the copy's.
+            lambda blob: tf.shape(tf.io.decode_jpeg(blob, channels=3, ratio=ratio, dct_method="INTEGER_FAST")),
+            num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+        return sum(int(shapes.shape[0]) for shapes in dataset)
+
+    return decode
+
+
+def _toolkit_loader(paths: list[str], labels: list[int], size: tuple[int, int], augment: bool):
+    from kaggle_sf.data.augment import AugmentConfig, make_batch_augmenter
+    from kaggle_sf.data.images import image_dataset
+
+    augmenter = make_batch_augmenter(AugmentConfig()) if augment else None
+
+    def load(round_number: int) -> int:
+        dataset = image_dataset(paths, size, BATCH_SIZE, labels=labels, shuffle=True, seed=round_number + 1,
+                                augment=augmenter)
+        return sum(int(images.shape[0]) for images, _ in dataset)
+
+    return load
+
+
+def _plain_loader(paths: list[str], labels: list[int], size: tuple[int, int], augment: bool, resampling: str):
+    from kaggle_sf.data.augment import AugmentConfig
+
+    from benchmarks.plain import plain_batches
+
+    def load(round_number: int) -> int:
+        batches = plain_batches(paths, labels, size, BATCH_SIZE, augment=AugmentConfig() if augment else None,
+                                resampling=resampling, seed=round_number + 1)
+        return sum(len(frames) for frames, _ in batches)
+
+    return load
+
+
+def _results_for_size(size: tuple[int, int], timings: dict[str, list[Timing]],
+                      settings: dict[str, object]) -> list[Result]:
+    prefix = "input_pipeline"
+    rows = [
+        rate_result(f"{prefix}/toolkit", timings, "toolkit", "plain", settings),
+        rate_result(f"{prefix}/toolkit_augment", timings, "toolkit_augment", "plain_augment", settings),
+        rate_result(f"{prefix}/plain", timings, "plain", None, settings),
+        rate_result(f"{prefix}/plain_augment", timings, "plain_augment", None, settings),
+        rate_result(f"{prefix}/plain_nearest", timings, "plain_nearest", None, settings),
+        rate_result(f"{prefix}/toolkit_vs_plain_nearest", timings, "toolkit", "plain_nearest", settings),
+        rate_result(f"{prefix}/decode_opencv", timings, "decode_opencv", None, settings),
+        rate_result(f"{prefix}/decode_tensorflow", timings, "decode_tensorflow", None, settings),
+    ]
+    # The decoding limit of a round is the faster decoder of that round.
+    limit = [max(a, b, key=lambda t: t.rate) for a, b in zip(timings["decode_opencv"], timings["decode_tensorflow"])]
+    for variant in ("toolkit", "toolkit_augment"):
+        share = median_ratio(timings[variant], limit)
+        rows.append(Result(name=f"{prefix}/{variant}_share_of_decode_limit", value=share, unit="fraction",
+                           ratio=share, frames=sum(t.frames for t in timings[variant]),
+                           seconds=sum(t.seconds for t in timings[variant]),
+                           settings={**settings, "ratio_of": f"{variant} / max(decode_opencv, decode_tensorflow)",
+                                     "rounds": len(limit)}))
+    return rows
+
+
+def run_input_pipeline(data_dir: Path, sizes: list[tuple[int, int]], n_frames: int, rounds: int) -> list[Result]:
+    """Measure frames per second of each variant at each size; see the module docstring.
+
+    Args:
+        data_dir: competition files with full-resolution frames.
+        sizes: (height, width) targets, e.g. 224x224 and 299x299.
+        n_frames: frames per round, drawn evenly over the classes.
+        rounds: rounds per size.
+    """
+    from PIL import Image
+
+    frames = sample_train_frames(data_dir, n_frames)
+    paths = frames["path"].tolist()
+    labels = frames["classname"].str[1:].astype(int).tolist()
+    blobs = [Path(path).read_bytes() for path in paths]
+    with Image.open(paths[0]) as first:
+        frame_shape = (first.height, first.width)
+    threads = os.cpu_count() or 1
+
+    results = []
+    for size in sizes:
+        ratio = dct_ratio(frame_shape, size)
+        opencv_decode, pool = _opencv_decoder(blobs, ratio, threads)
+        variants = {
+            "toolkit": _toolkit_loader(paths, labels, size, augment=False),
+            "toolkit_augment": _toolkit_loader(paths, labels, size, augment=True),
+            "plain": _plain_loader(paths, labels, size, augment=False, resampling="bilinear"),
+            "plain_augment": _plain_loader(paths, labels, size, augment=True, resampling="bilinear"),
+            "plain_nearest": _plain_loader(paths, labels, size, augment=False, resampling="nearest"),
+            "decode_opencv": opencv_decode,
+            "decode_tensorflow": _tensorflow_decoder(blobs, ratio),
+        }
+        logger.info("Input pipeline at %dx%d: %d rounds of %d frames (%dx%d JPEGs, DCT reduction 1/%d)",
+                    size[0], size[1], rounds, n_frames, frame_shape[1], frame_shape[0], ratio)
+        with pool:
+            timings = interleave(variants, rounds, warm_up=("toolkit", "toolkit_augment", "decode_tensorflow"))
+        settings = {"size": list(size), "frame_size": [frame_shape[0], frame_shape[1]], "dct_ratio": ratio,
+                    "batch_size": BATCH_SIZE, "frames_per_round": n_frames, "decode_threads": threads}
+        results.extend(_results_for_size(size, timings, settings))
+    return results
