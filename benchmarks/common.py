@@ -99,17 +99,25 @@ def median_rate(timings: list[Timing]) -> float:
     return statistics.median(timing.rate for timing in timings)
 
 
-def median_ratio(numerator: list[Timing], denominator: list[Timing]) -> float:
-    """Return the median over rounds of the ratio of two variants' rates measured in the same round."""
-    return statistics.median(a.rate / b.rate for a, b in zip(numerator, denominator))
+def round_ratios(numerator: list[Timing], denominator: list[Timing]) -> list[float]:
+    """Return, round by round, the ratio of two variants' rates measured in the same round."""
+    return [a.rate / b.rate for a, b in zip(numerator, denominator)]
+
+
+def ratio_settings(ratios: list[float]) -> dict[str, Any]:
+    """Return the spread of per-round ratios for a Result's settings: ``ratio_range: [min, max]``."""
+    return {"ratio_range": [round(min(ratios), 3), round(max(ratios), 3)]}
 
 
 def rate_result(name: str, timings: dict[str, list[Timing]], variant: str, compared_with: str | None,
                 settings: dict[str, Any], unit: str = "frames/s") -> Result:
     """Summarise one variant's rounds as a Result, with its ratio to ``compared_with`` when given."""
     rounds = timings[variant]
-    ratio = median_ratio(rounds, timings[compared_with]) if compared_with else None
-    extra = {"ratio_of": f"{variant} / {compared_with}"} if compared_with else {}
+    ratio, extra = None, {}
+    if compared_with:
+        ratios = round_ratios(rounds, timings[compared_with])
+        ratio = statistics.median(ratios)
+        extra = {"ratio_of": f"{variant} / {compared_with}", **ratio_settings(ratios)}
     return Result(name=name, value=median_rate(rounds), unit=unit, ratio=ratio,
                   frames=sum(t.frames for t in rounds), seconds=sum(t.seconds for t in rounds),
                   settings={**settings, **extra, "rounds": len(rounds), "load_average_1min": load_average()})

@@ -43,10 +43,10 @@ class Scale:
     cache_run_overrides: tuple[str, ...]
 
 
-FULL = Scale(pipeline_frames=384, pipeline_rounds=3, feature_frames=1171, feature_rounds=2, finetune_steps=12,
+FULL = Scale(pipeline_frames=384, pipeline_rounds=4, feature_frames=1171, feature_rounds=2, finetune_steps=12,
              finetune_rounds=3, memory_lowres_train_frames=0, search_trials=10, head_fit_epochs=10,
              head_fit_rounds=2, cache_run_overrides=())
-QUICK = Scale(pipeline_frames=128, pipeline_rounds=2, feature_frames=256, feature_rounds=2, finetune_steps=4,
+QUICK = Scale(pipeline_frames=192, pipeline_rounds=3, feature_frames=256, feature_rounds=2, finetune_steps=4,
               finetune_rounds=2, memory_lowres_train_frames=3000, search_trials=4, head_fit_epochs=5,
               head_fit_rounds=1, cache_run_overrides=("train.head.max_epochs=20", "explain.enabled=false"))
 
@@ -60,6 +60,30 @@ def _benchmark(name: str, args: argparse.Namespace, scale: Scale) -> Callable[[]
 
         return lambda: run_input_pipeline(args.data_dir, [(224, 224), (299, 299)], scale.pipeline_frames,
                                           scale.pipeline_rounds)
+    if name == "features":
+        from benchmarks.features import run_features
+
+        return lambda: run_features(args.data_dir, args.work_dir, scale.feature_frames, scale.feature_rounds)
+    if name == "finetune":
+        from benchmarks.finetune import run_finetune
+
+        return lambda: run_finetune(args.data_dir, scale.finetune_steps, scale.finetune_rounds)
+    if name == "caches":
+        from benchmarks.caches import run_caches
+
+        return lambda: run_caches(args.data_dir, args.work_dir, scale.cache_run_overrides)
+    if name == "memory":
+        from benchmarks.memory import run_memory
+
+        data_sets = [("full-resolution", args.data_dir, 0)]
+        if args.lowres_dir is not None:
+            data_sets.append(("low-resolution", args.lowres_dir, scale.memory_lowres_train_frames))
+        return lambda: run_memory(data_sets, args.work_dir)
+    if name == "search":
+        from benchmarks.search import run_search
+
+        return lambda: run_search(args.data_dir, args.work_dir, scale.search_trials, scale.head_fit_epochs,
+                                  scale.head_fit_rounds)
     raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
 
 

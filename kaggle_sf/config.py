@@ -32,10 +32,10 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How competition images are read."""
+    """Settings for reading competition images."""
 
     on_bad_image: str = "fail"
-    """What to do with images that cannot be decoded, which a cheap check finds before feature extraction.
+    """Handling of undecodable images, which a cheap check finds before feature extraction.
 
     ``fail`` stops the run and lists them all. ``skip`` lists them and leaves them out; a skipped test
     image gets the training class prior in the submission.
@@ -176,7 +176,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How each backbone x fold model is trained."""
+    """Training settings of each backbone x fold model."""
 
     mode: str = "head"
     """``head`` trains a head on cached features; ``finetune`` trains the whole backbone."""
@@ -196,15 +196,18 @@ def _require_range(bounds: tuple[float, float], key: str, *, log: bool) -> None:
 
 
 @dataclass(frozen=True)
-class HeadSearchSpace:
-    """Ranges of the head search: learning rate and weight decay on a log scale, dropout on a linear one."""
+class HeadSearchConfig:
+    """The head search: ranges (learning rate and weight decay on a log scale, dropout on a linear one)."""
 
     learning_rate: tuple[float, float] = (1e-5, 1e-1)
     dropout: tuple[float, float] = (0.0, 0.8)
     weight_decay: tuple[float, float] = (1e-7, 1e-1)
     batch_sizes: tuple[int, ...] = (32, 64, 128, 256)
+    repeats: int = 2
+    """Heads trained per fold with different seeds; a trial's value is the mean of their out-of-fold losses."""
 
     def __post_init__(self) -> None:
+        _require(self.repeats >= 1, "search.head.repeats", f"must be at least 1, got {self.repeats}")
         _require_range(self.learning_rate, "search.head.learning_rate", log=True)
         _require_range(self.weight_decay, "search.head.weight_decay", log=True)
         _require_range(self.dropout, "search.head.dropout", log=False)
@@ -265,7 +268,7 @@ class SearchConfig:
     """``median`` stops a trial whose value at a step is worse than the median of earlier trials; ``none``."""
     pruner_startup_trials: int = 4
     """Finished trials the pruner waits for before it stops any."""
-    head: HeadSearchSpace = field(default_factory=HeadSearchSpace)
+    head: HeadSearchConfig = field(default_factory=HeadSearchConfig)
     finetune: FinetuneSearchConfig = field(default_factory=FinetuneSearchConfig)
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ from kaggle_sf.models.backbones import get_spec, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
-DECODER_VERSION = "jpeg-dct-reduced-bilinear-antialias-v2"
+DECODER_VERSION = "jpeg-dct-reduced-bilinear-v3"
 """Changes whenever image decoding changes, so features cached by an older decoder are not reused."""
 
 
@@ -149,7 +149,8 @@ def _write_features(backbone: BackboneConfig, images: pd.DataFrame, path: Path, 
                       disable=None) as progress:
                 try:
                     for batch_images, batch_ids in dataset:
-                        batch_values = model(batch_images, training=False).numpy()
+                        # A compiled forward pass: calling the model eagerly took 2 to 5 times as long.
+                        batch_values = model.predict_on_batch(batch_images)
                         end = written + len(batch_values)
                         values[written:end] = batch_values
                         ids[written:end] = [i.decode() for i in batch_ids.numpy()]
@@ -170,7 +171,7 @@ def extract_features(backbone: BackboneConfig, images: pd.DataFrame, cache_dir: 
                      split: str, batch_size: int = 32) -> Features:
     """Return the bottleneck features of ``images``, computing and caching them on a cache miss.
 
-    A cache file that cannot be read, or that holds another key or the wrong number of rows, is
+    A cache file that cannot be read, was written for another key or has the wrong number of rows is
     deleted and computed again. Temporary files left by a killed extraction of the same file are
     deleted first.
 

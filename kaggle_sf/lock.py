@@ -136,6 +136,7 @@ def exclusive(lock_path: Path, purpose: str, *, log_interval_s: float = WAIT_LOG
         write_text_atomic(owner_path(lock_path), json.dumps(record))
         yield
     finally:
-        # The owner file goes first, so that it never names a process that no longer holds the lock.
+        # The owner file goes before the lock, so that a waiting process does not read it after the release.
+        # A killed holder's owner file stays behind, and read_owner ignores it.
         owner_path(lock_path).unlink(missing_ok=True)
         lock.release()

@@ -94,9 +94,9 @@ def prepare_data_dir(data_dir: Path, competition: str) -> bool:
 def class_prior_predictions(train: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
     """Return ``img, c0..c9`` rows that all hold the training class frequencies, add-one smoothed.
 
-    This is the submission's row for a test image that cannot be decoded: Kaggle scores every test id,
-    and the class prior is the constant prediction with the lowest expected log loss when the test
-    classes are distributed like the training classes.
+    These are the submission's rows for test images that cannot be decoded, because Kaggle scores every
+    test id. When the test classes are distributed like the training classes, the class prior is the
+    constant prediction with the lowest expected log loss.
     """
     counts = train["classname"].value_counts().reindex(list(CLASSES), fill_value=0).to_numpy(dtype=np.float64)
     prior = (counts + 1) / (counts.sum() + len(CLASSES))

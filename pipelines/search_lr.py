@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.common import main_guard, setup_logging
+
+if TYPE_CHECKING:
+    from kaggle_sf.config import Config
+    from kaggle_sf.search.stage import SearchResult
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,14 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def with_search_options(config, args: argparse.Namespace):
+def with_search_options(config: Config, args: argparse.Namespace) -> Config:
     """Return ``config`` with the search options that were given on the command line."""
     from dataclasses import replace
 
     options = {"storage": args.storage, "study_name": args.study_name, "n_trials": args.n_trials,
                "timeout_s": args.timeout}
-    given = {name: value for name, value in options.items() if value is not None}
-    return replace(config, search=replace(config.search, **given))
+    changes = {name: value for name, value in options.items() if value is not None}
+    return replace(config, search=replace(config.search, **changes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def config_settings(result) -> dict[str, str]:
+def config_settings(result: SearchResult) -> dict[str, str]:
     """Return the config keys and values that carry a search result into a run."""
     if result.kind == "head":
         head = result.config.train.head

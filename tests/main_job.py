@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,7 @@ SETTINGS = ("train.mode=head", "folds.n_splits=3", "backbones.0.input_size=[64, 
             "train.head.patience=2", "features.batch_size=16", "explain.enabled=false", "search.enabled=false",
             "submit.enabled=false")
 """A main job of a few CPU seconds: 80 train frames of 4 drivers, 20 test frames, 3 folds, 64x64 inputs, a
-head on cached features. Every key that decides the job's cost is set here, whatever the default config says."""
+head on cached features. Every key that decides the job's cost is set here, whatever the default config sets."""
 
 JOB_TIMEOUT_S = 300
 
@@ -78,19 +79,21 @@ def job_environment(home: Path, crash_at: str | None = None) -> dict[str, str]:
     return environment
 
 
-def main_job_command(data_dir: Path, work_dir: Path, run_name: str) -> list[str]:
-    """Return the command line of the main job with :data:`SETTINGS`."""
-    command = [sys.executable, "-m", "pipelines.full_run", "--data-dir", str(data_dir), "--work-dir", str(work_dir),
-               "--set", f"run_name={run_name}"]
-    for setting in SETTINGS:
-        command += ["--set", setting]
-    return command
+def settings_arguments(extra: Sequence[str] = ()) -> list[str]:
+    """Return ``--set`` arguments for :data:`SETTINGS` followed by ``extra`` settings."""
+    return [argument for setting in (*SETTINGS, *extra) for argument in ("--set", setting)]
+
+
+def main_job_command(data_dir: Path, work_dir: Path, run_name: str, extra: Sequence[str] = ()) -> list[str]:
+    """Return the command line of the main job with :data:`SETTINGS` and ``extra`` settings."""
+    return [sys.executable, "-m", "pipelines.full_run", "--data-dir", str(data_dir), "--work-dir", str(work_dir),
+            "--set", f"run_name={run_name}", *settings_arguments(extra)]
 
 
 def run_main_job(data_dir: Path, work_dir: Path, home: Path, *, run_name: str = "crash",
-                 crash_at: str | None = None) -> subprocess.CompletedProcess:
+                 crash_at: str | None = None, extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
     """Run the main job to its end (or its crash point) and return the finished process with its output."""
-    return subprocess.run(main_job_command(data_dir, work_dir, run_name), cwd=REPOSITORY,
+    return subprocess.run(main_job_command(data_dir, work_dir, run_name, extra), cwd=REPOSITORY,
                           env=job_environment(home, crash_at), capture_output=True, text=True,
                           timeout=JOB_TIMEOUT_S, check=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 from kaggle_sf.config import BackboneConfig, load_config
 from kaggle_sf.data.catalog import load_catalog
 from kaggle_sf.data.image_check import BadImageError, check_image, check_images, screen_catalog
+from tests.main_job import keras_home, run_main_job, settings_arguments, stored_runs, synthetic_competition
 
 # --- Files -----------------------------------------------------------------------------------------
 
@@ -38,6 +40,8 @@ def write_case(folder: Path, case: str) -> Path:
         whole = (folder / "good.jpg").read_bytes()
         kept = {"truncated": len(whole) // 2, "truncated_end_marker": len(whole) - 2, "header_only": 300}[case]
         path.write_bytes(whole[:kept])
+    elif case == "missing":
+        pass
     elif case == "empty":
         path.write_bytes(b"")
     elif case == "text":
@@ -52,6 +56,8 @@ def write_case(folder: Path, case: str) -> Path:
         frame.save(path, format="GIF")
     elif case == "bmp":
         frame.save(path, format="BMP")
+    elif case == "webp":
+        frame.save(path, format="WEBP", lossless=True)
     elif case == "tiff":
         frame.save(path, format="TIFF")
     elif case == "grayscale":
@@ -72,6 +78,7 @@ def write_case(folder: Path, case: str) -> Path:
 
 
 BAD_CASES = {
+    "missing": "file not found",
     "empty": "empty file (0 bytes)",
     "truncated": "truncated or damaged image data",
     "truncated_end_marker": "truncated or damaged image data",
@@ -86,6 +93,7 @@ DECODABLE_CASES = {
     "png_with_alpha": ("PNG", "RGBA", 64, 48),
     "gif": ("GIF", "P", 64, 48),
     "bmp": ("BMP", "RGB", 64, 48),
+    "webp": ("WEBP", "RGB", 64, 48),
     "grayscale": ("JPEG", "L", 64, 48),
     "cmyk": ("JPEG", "CMYK", 64, 48),
     "odd_641x479": ("JPEG", "RGB", 641, 479),
@@ -164,7 +172,7 @@ def test_fail_lists_every_bad_image_and_the_fix(tiny_competition: Path):
     assert "set data.on_bad_image=skip" in message
 
 
-def test_skip_leaves_bad_images_out_and_keeps_test_ids(tiny_competition: Path):
+def test_skip_keeps_every_test_id(tiny_competition: Path):
     train_frame, test_frame = _damage(tiny_competition)
     catalog = load_catalog(tiny_competition)
     screened = screen_catalog(catalog, "skip")
@@ -217,7 +225,7 @@ def _decode(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def _reference(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode with Pillow at full size and resize with TensorFlow the way the decoder does."""
+    """Decode with Pillow at full size and resize with TensorFlow's antialiased bilinear filter."""
     import tensorflow as tf
 
     with Image.open(path) as image:
@@ -230,11 +238,12 @@ def test_decoder_reads_every_decodable_case(tmp_path: Path, case: str):
     path = write_case(tmp_path, case)
     decoded = _decode(path, (32, 32))
     assert decoded.shape == (32, 32, 3)
-    # JPEG decoders differ by a few levels (DCT method, reduced decoding); a wrong decode is off by tens.
+    # Decoders and resize filters differ by a few levels (DCT method, reduced decoding, antialiasing),
+    # while a wrong decode is off by tens.
     assert np.abs(decoded - _reference(path, (32, 32))).mean() < 4
 
 
-def test_decoder_does_not_shrink_a_frame_smaller_than_the_target(tmp_path: Path):
+def test_decoder_keeps_small_frame_full_size(tmp_path: Path):
     path = write_case(tmp_path, "tiny_20x15")
     decoded = _decode(path, (224, 224))
     assert np.abs(decoded - _reference(path, (224, 224))).mean() < 2
@@ -259,3 +268,66 @@ def test_features_name_the_file_tensorflow_cannot_decode(tmp_path: Path):
         extract_features(backbone, images, tmp_path / "cache", split="train", batch_size=2)
     assert list((tmp_path / "cache").glob("*.h5")) == []
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp-")] == []
+
+
+# --- The main job ----------------------------------------------------------------------------------
+
+
+def _damaged_copy(source: Path, destination: Path) -> tuple[str, str]:
+    """Copy a dataset, truncate one train frame and empty one test frame; return their ids."""
+    shutil.copytree(source, destination)
+    train = pd.read_csv(destination / "driver_imgs_list.csv")
+    train_img = train["img"].iloc[0]
+    train_frame = destination / "train" / train["classname"].iloc[0] / train_img
+    train_frame.write_bytes(train_frame.read_bytes()[:300])
+    test_img = pd.read_csv(destination / "sample_submission.csv")["img"].iloc[4]
+    (destination / "test" / test_img).write_bytes(b"")
+    return train_img, test_img
+
+
+def test_main_job_fails_listing_bad_images(tmp_path_factory: pytest.TempPathFactory,
+                                           capsys: pytest.CaptureFixture):
+    from pipelines.common import main_guard
+    from pipelines.full_run import main
+
+    data_dir = tmp_path_factory.mktemp("failing") / "data"
+    train_img, test_img = _damaged_copy(synthetic_competition(tmp_path_factory.getbasetemp()), data_dir)
+    work_dir = data_dir.parent / "work"
+    with pytest.raises(SystemExit) as exited:
+        main_guard(lambda: main(["--data-dir", str(data_dir), "--work-dir", str(work_dir), *settings_arguments()]))
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "error: 2 of 100 images cannot be decoded:" in stderr
+    assert f"{train_img}: truncated or damaged image data" in stderr
+    assert f"{test_img}: empty file (0 bytes)" in stderr
+    assert "Traceback" not in stderr
+    assert not (work_dir / "cache" / "features").exists()
+
+
+def test_main_job_skips_bad_images(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.getbasetemp()
+    home = keras_home(base)
+    data_dir = tmp_path_factory.mktemp("skipping") / "data"
+    train_img, test_img = _damaged_copy(synthetic_competition(base), data_dir)
+    work_dir = data_dir.parent / "work"
+
+    finished = run_main_job(data_dir, work_dir, home, run_name="skip", extra=["data.on_bad_image=skip"])
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "Leaving out 2 of 100 images that cannot be decoded" in finished.stderr
+
+    # Every test id has a row. The empty frame's row is the add-one-smoothed class prior of the 79 kept
+    # train frames, which are 8 per class and 7 in the truncated frame's class.
+    submission = pd.read_csv(work_dir / "submissions" / "skip.csv")
+    sample = pd.read_csv(data_dir / "sample_submission.csv")
+    assert submission["img"].tolist() == sample["img"].tolist()
+    train = pd.read_csv(data_dir / "driver_imgs_list.csv")
+    counts = train[train["img"] != train_img]["classname"].value_counts().reindex(submission.columns[1:])
+    prior = (counts.to_numpy() + 1) / (counts.sum() + 10)
+    assert np.allclose(submission.set_index("img").loc[test_img].to_numpy(), prior, atol=1e-8)
+    assert np.allclose(submission.iloc[:, 1:].sum(axis=1), 1)
+
+    [run] = [r for r in stored_runs(work_dir, "state-farm-distracted-driver-detection")
+             if "mlflow.parentRunId" not in r.data.tags]
+    assert run.data.params["n_bad_images"] == "2"
+    bad_table = Path(run.info.artifact_uri.removeprefix("file://")) / "bad_images.csv"
+    assert pd.read_csv(bad_table)["img"].tolist() == [train_img, test_img]

@@ -26,7 +26,7 @@ def write_driver_list(competition: Path, text: str, encoding: str = "utf-8") -> 
 # --- Accepted --------------------------------------------------------------------------------------
 
 
-def test_header_case_spaces_order_and_extra_columns_are_accepted(tiny_competition: Path):
+def test_loose_header_is_accepted(tiny_competition: Path):
     table = pd.read_csv(tiny_competition / "driver_imgs_list.csv")
     table = table.loc[:, ["img", "classname", "subject"]].assign(note="x")
     table.columns = [" IMG", "ClassName ", "Subject", "note"]
@@ -54,7 +54,7 @@ def test_repeated_rows_are_used_once_with_a_warning(tiny_competition: Path, capl
     assert "repeats 2 rows, e.g. row 82 (img_0.jpg)" in caplog.text
 
 
-def test_bom_windows_line_endings_and_blank_lines_keep_row_numbers(tiny_competition: Path):
+def test_blank_lines_keep_row_numbers(tiny_competition: Path):
     lines = driver_lines(tiny_competition)
     assert lines[9] == "p001,c4,img_9.jpg"
     lines[9] = "p001,c11,img_9.jpg"  # row 11 before the blank lines, row 13 after
@@ -73,8 +73,7 @@ def test_sample_submission_repeats_are_used_once(tiny_competition: Path, caplog:
     assert f"lists 1 images more than once, e.g. {sample['img'].iloc[1]} in row 8" in caplog.text
 
 
-def test_test_image_missing_from_sample_submission_is_left_out(tiny_competition: Path,
-                                                               caplog: pytest.LogCaptureFixture):
+def test_unlisted_test_image_is_left_out(tiny_competition: Path, caplog: pytest.LogCaptureFixture):
     sample = pd.read_csv(tiny_competition / "sample_submission.csv")
     sample.iloc[1:].to_csv(tiny_competition / "sample_submission.csv", index=False)
     with caplog.at_level(logging.WARNING, logger="kaggle_sf.data.catalog"):
@@ -146,7 +145,7 @@ def test_damaged_zipped_table_says_to_download_again(tiny_competition: Path):
         load_catalog(tiny_competition)
 
 
-def test_image_listed_twice_with_different_classes_names_both_rows(tiny_competition: Path):
+def test_conflicting_labels_name_both_rows(tiny_competition: Path):
     lines = driver_lines(tiny_competition)
     write_driver_list(tiny_competition, "\n".join([HEADER, *lines, "p003,c5,img_0.jpg"]) + "\n")
     with pytest.raises(CatalogError, match=r"lists img_0\.jpg more than once with different labels "
@@ -177,7 +176,7 @@ def test_image_in_another_class_folder_names_the_row(tiny_competition: Path):
         load_catalog(tiny_competition)
 
 
-def test_sample_submission_listing_absent_test_image_names_the_row(tiny_competition: Path):
+def test_absent_test_image_names_row(tiny_competition: Path):
     sample = pd.read_csv(tiny_competition / "sample_submission.csv")
     (tiny_competition / "test" / sample["img"].iloc[3]).unlink()
     with pytest.raises(CatalogError, match=rf"sample_submission\.csv lists 1 images missing from .*test, e\.g\. "

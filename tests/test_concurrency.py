@@ -1,4 +1,4 @@
-"""Concurrent jobs on one work directory: they wait for each other's locks, say for whom, and corrupt nothing."""
+"""Concurrent jobs on one work directory: they wait for each other's locks, log the holder, corrupt nothing."""
 
 from __future__ import annotations
 
@@ -132,8 +132,8 @@ def test_two_main_jobs_share_one_work_dir(tmp_path_factory: pytest.TempPathFacto
     work_dir = tmp_path_factory.mktemp("shared_work")
     logs = {name: work_dir.parent / f"{work_dir.name}-{name}.log" for name in ("a", "b")}
 
-    # Both jobs need the same train features; the test holds their lock until both wait for it, so that
-    # after its release one job extracts them while the other waits for that job.
+    # Both jobs need the same train features. The test holds their lock until both wait for it. After
+    # its release, one job extracts the features while the other waits for that job.
     [features_file] = (base / "reference_work" / "cache" / "features").glob("*-train-*.h5")
     lock_path = work_dir / "cache" / "features" / f"{features_file.name}.lock"
     jobs: dict[str, subprocess.Popen] = {}

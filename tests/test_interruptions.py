@@ -1,8 +1,8 @@
 """Interrupted runs: a job killed at any stage re-runs to the same submission, reusing finished work.
 
 The end-to-end test kills the main job with SIGKILL at one crash point after another (see
-``kaggle_sf.crash``), checks after each kill that no partial file sits at a final name, and compares the
-last, uninterrupted re-run with a run that was never killed.
+``kaggle_sf.crash``). After each kill it checks that no partial file sits at a final name. At the end
+it compares the last, uninterrupted re-run with a run that was never killed.
 """
 
 from __future__ import annotations
@@ -103,7 +103,6 @@ def test_damaged_features_file_is_extracted_again(tmp_path: Path, caplog: pytest
 
 
 CRASHES = (
-    # (crash point, what the killed run leaves behind)
     f"extracted {COMPETITION_ZIP}",
     "features batch",
     "replace metrics.json",

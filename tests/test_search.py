@@ -25,14 +25,15 @@ from kaggle_sf.search.finetune_objective import (
     make_finetune_objective,
     sample_frames,
 )
-from kaggle_sf.search.head_objective import fit_head, make_head_objective
+from kaggle_sf.search.head_objective import make_head_objective
+from kaggle_sf.search.head_training import fit_head
 from kaggle_sf.search.studies import (
     SearchError,
     default_storage_url,
-    displayed_url,
     finished_trials,
     open_storage,
     open_study,
+    redacted_url,
     run_study,
 )
 
@@ -128,7 +129,7 @@ def quadratic(trial: optuna.Trial) -> float:
     return (x - 3) ** 2
 
 
-def test_seeded_sampler_repeats_a_search_and_continues_a_resumed_one(tmp_path):
+def test_sampler_seeded_by_trial_number(tmp_path):
     config = search_config("search.n_startup_trials=2", "search.seed=7")
     first = open_study(f"sqlite:///{tmp_path / 'a.db'}", "s", config.search)
     run_study(first, quadratic, n_trials=6, timeout_s=60)
@@ -157,7 +158,7 @@ def test_run_study_counts_trials_of_earlier_runs(tmp_path):
 
 
 def test_storage_errors_name_the_url_without_password(tmp_path):
-    assert displayed_url("postgresql+psycopg2://user:secret@db.example:5432/optuna") == \
+    assert redacted_url("postgresql+psycopg2://user:secret@db.example:5432/optuna") == \
         "postgresql+psycopg2://user:***@db.example:5432/optuna"
     with pytest.raises(SearchError, match="invalid"):
         open_storage("not a url")
@@ -168,6 +169,51 @@ def test_storage_errors_name_the_url_without_password(tmp_path):
     except ImportError:
         with pytest.raises(SearchError, match=r"mysql\+pymysql://user:\*\*\*@.* is not installed"):
             open_storage("mysql+pymysql://user:secret@127.0.0.1/optuna")
+
+
+DEAD_WORKER = """
+import pathlib, sys, time
+from kaggle_sf.config import SearchConfig
+from kaggle_sf.search.studies import open_study, run_study
+
+def objective(trial):
+    trial.suggest_float("x", -10, 10)
+    pathlib.Path(sys.argv[2]).touch()
+    time.sleep(600)
+
+run_study(open_study(sys.argv[1], "dead", SearchConfig()), objective, n_trials=1, timeout_s=600)
+"""
+
+
+def test_trial_of_a_dead_worker_runs_again(tmp_path, monkeypatch):
+    from kaggle_sf.search import studies
+
+    url = default_storage_url(tmp_path)
+    started = tmp_path / "started"
+    worker = subprocess.Popen([sys.executable, "-c", DEAD_WORKER, url, str(started)], cwd=ROOT,
+                              env=subprocess_environment())
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.1)
+    finally:
+        worker.kill()
+        worker.wait(timeout=60)
+    assert started.exists(), "the worker never started its trial"
+
+    # A grace period of one second instead of a minute; the dead worker's last heartbeat is older.
+    monkeypatch.setattr(studies, "GRACE_PERIOD_S", 1)
+    monkeypatch.setattr(studies, "HEARTBEAT_INTERVAL_S", 1)
+    time.sleep(2.5)
+    study = open_study(url, "dead", search_config().search)
+    progress = run_study(study, quadratic, n_trials=1, timeout_s=60)
+
+    dead, retried = study.trials
+    assert dead.state == TrialState.FAIL
+    assert retried.state == TrialState.COMPLETE
+    assert retried.params == dead.params
+    assert retried.system_attrs["failed_trial"] == dead.number
+    assert progress.trial_numbers == (retried.number,)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -220,13 +266,13 @@ def test_keras_pruning_callback_stops_a_finetune_trial(tmp_path):
     objective = make_finetune_objective(backbone, config.train.finetune, config.search.finetune, tiny_frames(),
                                         head_weights=None, seed=0)
 
-    kept = open_study(default_storage_url(tmp_path), "kept", config.search, pruner=optuna.pruners.NopPruner())
-    run_study(kept, objective, n_trials=1, timeout_s=120)
+    complete = open_study(default_storage_url(tmp_path), "complete", config.search, pruner=optuna.pruners.NopPruner())
+    run_study(complete, objective, n_trials=1, timeout_s=120)
     stopped = open_study(default_storage_url(tmp_path), "stopped", config.search,
                          pruner=optuna.pruners.ThresholdPruner(upper=0.0))
     run_study(stopped, objective, n_trials=1, timeout_s=120)
 
-    trial = kept.trials[0]
+    trial = complete.trials[0]
     assert trial.state == TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == [0, 1]
     assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
@@ -328,7 +374,8 @@ def search_command(data_dir: Path, work_dir: Path, n_trials: int) -> list[str]:
     return [sys.executable, "-m", "pipelines.search_lr", "--data-dir", str(data_dir), "--work-dir", str(work_dir),
             "--config", str(ROOT / "configs" / "default.yaml"), "--study-name", "killed",
             "--n-trials", str(n_trials), "--timeout", "300",
-            "--set", "backbones.0.weights=none", "--set", "backbones.0.input_size=[32, 32]",
+            "--set", "train.mode=head", "--set", "backbones.0.weights=none",
+            "--set", "backbones.0.input_size=[32, 32]",
             "--set", "folds.n_splits=2", "--set", "train.head.max_epochs=30", "--set", "train.head.patience=3"]
 
 

@@ -3,7 +3,7 @@
 The server is the one at KAGGLE_SF_TEST_POSTGRES_URL (an SQLAlchemy URL; each test uses its own study
 names), or else a throwaway cluster that the tests create with initdb and pg_ctl from Debian's postgresql
 package, listening on a loopback port. As root the cluster runs as the ``postgres`` user, because initdb
-refuses root. Without either the tests skip and say why, unless KAGGLE_SF_REQUIRE_POSTGRES=1 (set by CI
+rejects root. Without either the tests skip with the reason, unless KAGGLE_SF_REQUIRE_POSTGRES=1 (set by CI
 after it installed PostgreSQL), which turns the skip into a failure.
 """
 
@@ -172,7 +172,8 @@ def test_search_command_runs_against_postgres(postgres_url, tiny_competition, tm
     command = [sys.executable, "-m", "pipelines.search_lr", "--data-dir", str(tiny_competition),
                "--work-dir", str(tmp_path / "work"), "--config", str(ROOT / "configs" / "default.yaml"),
                "--storage", postgres_url, "--study-name", f"cli-{secrets.token_hex(4)}", "--n-trials", "2",
-               "--set", "backbones.0.weights=none", "--set", "backbones.0.input_size=[32, 32]",
+               "--set", "train.mode=head", "--set", "backbones.0.weights=none",
+               "--set", "backbones.0.input_size=[32, 32]",
                "--set", "folds.n_splits=2", "--set", "train.head.max_epochs=20", "--set", "train.head.patience=3"]
     finished = subprocess.run(command, cwd=ROOT, env=subprocess_environment(),
                               capture_output=True, text=True, timeout=300)

@@ -83,8 +83,8 @@ def _find_image_root(data_dir: Path) -> Path | None:
 def _is_extracted(archive: Path, data_dir: Path) -> bool:
     """Return whether every top-level entry of ``archive`` exists in ``data_dir``.
 
-    Extraction moves each top-level entry into place whole, so an existing entry is complete; a run
-    killed during extraction leaves some entries missing, and the archive is extracted again.
+    Extraction moves each top-level entry into place whole, so an existing entry is complete. A run
+    killed during extraction leaves some entries missing, and then the archive is extracted again.
     """
     try:
         with zipfile.ZipFile(archive) as bundle:

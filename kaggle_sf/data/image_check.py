@@ -3,9 +3,9 @@
 A damaged frame (a truncated or empty download, an HTML error page saved as ``.jpg``) would otherwise
 stop feature extraction half-way with a TensorFlow error that names no file. Each image is opened with
 Pillow and, for JPEGs, decoded at 1/8 scale through libjpeg's DCT scaling. A reduced decode still reads
-the whole entropy-coded stream, so it finds truncation where ``tf.io.decode_jpeg`` would. Pillow and
-TensorFlow reject the same files among those the tests feed: empty, truncated (even by the last two
-bytes), header-only and non-image files.
+the whole entropy-coded stream, so it finds truncation where ``tf.io.decode_jpeg`` would. Checked with
+TensorFlow 2.21 and Pillow 13: both reject empty, truncated (even by only the last two bytes),
+header-only and non-image files, and both read the decodable cases of ``tests/test_bad_images.py``.
 
 Decodable but unusual frames (grayscale or CMYK JPEGs, PNG, GIF, BMP or WebP data named ``.jpg``, other
 sizes) are kept: the tf.data decoder converts them to RGB at the model's input size. The check counts
@@ -51,11 +51,11 @@ class BadImageError(CatalogError):
 
 @dataclass(frozen=True)
 class ImageReport:
-    """What the check found in one image file."""
+    """Result of checking one image file."""
 
     path: str
     problem: str | None
-    """Why the file cannot be decoded; None when it can."""
+    """Reason the file cannot be decoded, or None when it can."""
     format: str = ""
     mode: str = ""
     """Pillow's colour mode: ``RGB``, ``L`` (grayscale), ``CMYK``, ``P`` (palette), ..."""
@@ -89,6 +89,8 @@ def check_image(path: Path) -> ImageReport:
                 if found.format == "JPEG":
                     image.draft("RGB", (max(1, found.width // 8), max(1, found.height // 8)))
                 image.load()
+    except FileNotFoundError:
+        return ImageReport(str(path), "file not found; it was deleted or moved after the catalog was read")
     except Image.UnidentifiedImageError:
         return ImageReport(str(path), f"not an image file; it starts with {_first_bytes(path)!r}")
     except Image.DecompressionBombError as error:
@@ -105,8 +107,11 @@ def check_image(path: Path) -> ImageReport:
 def _files_digest(paths: list[str]) -> str:
     digest = hashlib.sha256(CHECK_VERSION.encode())
     for path in paths:
-        stat = os.stat(path)
-        digest.update(f"\n{path}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+        try:
+            stat = os.stat(path)
+            digest.update(f"\n{path}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+        except FileNotFoundError:
+            digest.update(f"\n{path}\tmissing".encode())
     return digest.hexdigest()[:16]
 
 
@@ -235,12 +240,12 @@ def screen_catalog(catalog: Catalog, on_bad_image: str, cache_dir: Path | None =
 
     logger.warning("Leaving out %d of %d images that cannot be decoded (data.on_bad_image=skip):\n%s",
                    len(bad), len(paths), _bad_image_lines(bad))
-    kept = {split: table[~table["img"].isin(bad.loc[bad["split"] == split, "img"])].reset_index(drop=True)
-            for split, table in tables.items()}
-    for split, table in kept.items():
+    decodable = {split: table[~table["img"].isin(bad.loc[bad["split"] == split, "img"])].reset_index(drop=True)
+                 for split, table in tables.items()}
+    for split, table in decodable.items():
         if table.empty:
             raise BadImageError(f"none of the {len(tables[split])} {split} images can be decoded, e.g. "
                                 f"{bad.loc[bad['split'] == split, 'path'].iloc[0]}; download or extract the "
                                 "competition files again")
-    screened = Catalog(train=kept["train"], test=kept["test"], data_dir=catalog.data_dir)
+    screened = Catalog(train=decodable["train"], test=decodable["test"], data_dir=catalog.data_dir)
     return ScreenedCatalog(screened, bad, catalog.test["img"].tolist())

@@ -7,9 +7,9 @@ them, so a short run already separates the two. A trial builds the classifier
 that fold's validation drivers with Kaggle's log loss ``search.finetune.evaluations`` times. Optuna's
 ``KerasPruningCallback`` reports each score and stops a trial that falls behind.
 
-Work done once per search, not per trial: the sampled frames are decoded into memory, and when the
-configured phases begin with a head-only warm-up, the head is trained on cached bottleneck features and
-copied into every trial's classifier, so each trial starts where the warm-up would leave it.
+Some work is done once per search, not per trial. The sampled frames are decoded into memory. When the
+configured phases begin with a head-only warm-up, a head is trained on cached bottleneck features and
+copied into every trial's classifier, in place of the warm-up.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pandas as pd
 
 from kaggle_sf.config import BackboneConfig, ConfigError, FinetuneConfig, FinetuneSearchConfig, HeadConfig
 from kaggle_sf.metrics import log_loss
-from kaggle_sf.search.head_objective import fit_head
+from kaggle_sf.search.head_training import fit_head
 from kaggle_sf.train import class_indices
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,8 @@ def first_backbone_phase(finetune: FinetuneConfig) -> int:
 def finetune_from_rate(finetune: FinetuneConfig, learning_rate: float) -> FinetuneConfig:
     """Return ``finetune`` with the first backbone phase at ``learning_rate`` and later backbone phases scaled.
 
-    Later phases that train the backbone keep their configured ratio to the first one (1e-4 then 1e-5 with
-    a found rate of 3e-4 becomes 3e-4 then 3e-5); head-only phases keep their rates.
+    Later phases that train the backbone keep their configured ratio to the first one, so 1e-4 then 1e-5
+    with a found rate of 3e-4 becomes 3e-4 then 3e-5. Head-only phases keep their rates.
     """
     first = first_backbone_phase(finetune)
     scale = learning_rate / finetune.phases[first].learning_rate
@@ -155,7 +155,8 @@ def make_finetune_objective(backbone: BackboneConfig, finetune: FinetuneConfig, 
 
     Args:
         backbone: the network and its pretrained weights.
-        finetune: batch size, dropout, precision and XLA of the fine-tuning it stands in for.
+        finetune: batch size, dropout, BatchNormalization mode, precision and XLA of the fine-tuning
+            whose rate is searched.
         search: rate range, steps and evaluations per trial.
         frames: decoded training and validation frames.
         head_weights: weights of the ``predictions`` layer to start from; None starts from random ones.
@@ -178,7 +179,8 @@ def make_finetune_objective(backbone: BackboneConfig, finetune: FinetuneConfig, 
         keras.backend.clear_session()
         keras.mixed_precision.set_global_policy("mixed_float16" if finetune.mixed_precision else "float32")
         keras.utils.set_random_seed(seed)
-        model = build_classifier(backbone, dropout=finetune.dropout)
+        model = build_classifier(backbone, dropout=finetune.dropout,
+                                 freeze_batch_norm=finetune.batch_norm == "frozen")
         if head_weights is not None:
             model.get_layer("predictions").set_weights(head_weights)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",

@@ -1,7 +1,7 @@
 """The search stage: one study per backbone, tracked in MLflow, whose best values the training then uses.
 
-``search_backbone`` runs inside the main job's parent run (or the standalone search job's) as a child
-"search run"; each trial is a child run of the search run. The best values are applied to a copy of the
+``search_backbone`` runs inside the main job's parent run, or the standalone search job's, as a child
+"search run". Each trial is a child run of the search run. The best values are applied to a copy of the
 run configuration, logged on the parent run as ``search.<backbone>.<param>`` and returned.
 """
 
@@ -21,9 +21,10 @@ import pandas as pd
 from kaggle_sf import tracking
 from kaggle_sf.config import BackboneConfig, Config, flatten
 from kaggle_sf.data.catalog import Catalog
+from kaggle_sf.lock import exclusive, work_dir_lock
 from kaggle_sf.search import finetune_objective, head_objective
-from kaggle_sf.search.studies import StudyProgress, default_storage_url, displayed_url, open_study, run_study
-from kaggle_sf.search.trial_runs import TrialRunLogger, log_study_summary
+from kaggle_sf.search.studies import StudyProgress, default_storage_url, open_study, redacted_url, run_study
+from kaggle_sf.search.trial_runs import TrialRunLogger, log_study_summary, process_tags
 from kaggle_sf.train import class_indices
 
 if TYPE_CHECKING:
@@ -31,14 +32,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_VERSION = 1
+OBJECTIVE_VERSION = 2
 """Part of every study's key: changes whenever a trial's training or scoring changes, so new trials never
 join a study whose values were measured differently."""
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """What one backbone's search found and the configuration that uses it."""
+    """The outcome of one backbone's search and the configuration that uses it."""
 
     kind: str
     """``head`` or ``finetune``."""
@@ -109,7 +110,7 @@ def _finetune_search(config: Config, backbone: BackboneConfig, catalog: Catalog,
                                                           config.seed)
 
     def objective(trial: optuna.Trial) -> float:
-        # Frames are decoded on the first trial, so a study that already holds its trials costs nothing.
+        # Frames are decoded on the first trial, so a study that already contains its trials costs nothing.
         if not prepared:
             prepared.append(prepare())
         return prepared[0](trial)
@@ -125,7 +126,7 @@ def search_backbone(config: Config, backbone: BackboneConfig, catalog: Catalog, 
                     train_features: Features, work_dir: Path, parent_id: str, experiment_id: str) -> SearchResult:
     """Search one backbone's head settings (``train.mode: head``) or fine-tuning rate (``finetune``).
 
-    The study resumes from its storage when it exists, and trials run until it holds ``search.n_trials``
+    The study resumes from its storage when it exists, and trials run until it contains ``search.n_trials``
     finished ones or ``search.timeout_s`` seconds have passed.
 
     Args:
@@ -149,17 +150,20 @@ def search_backbone(config: Config, backbone: BackboneConfig, catalog: Catalog, 
         key, objective, objective_name, apply = _finetune_search(config, backbone, catalog, train_features, folds)
     name = study_name(config, backbone, kind, key)
     storage_url = config.search.storage or default_storage_url(work_dir)
-    study = open_study(storage_url, name, config.search)
+    # Processes that share a work directory would otherwise race to create the SQLite tables; a shared
+    # database server is opened with retries instead (see open_storage).
+    with exclusive(work_dir_lock(work_dir, "optuna-store"), "opening the Optuna study storage"):
+        study = open_study(storage_url, name, config.search)
     logger.info("Searching %s for %s in study %s (%s): up to %d finished trials or %.0f s", kind, backbone.label,
-                name, displayed_url(storage_url), config.search.n_trials, config.search.timeout_s)
+                name, redacted_url(storage_url), config.search.n_trials, config.search.timeout_s)
 
     with mlflow.start_run(run_name=f"{backbone.label}/search", experiment_id=experiment_id, nested=True,
-                          parent_run_id=parent_id, tags={"stage": "search"}) as run:
+                          parent_run_id=parent_id, tags={"stage": "search", **process_tags()}) as run:
         search_run_id = run.info.run_id
         mlflow.set_tags({"backbone": backbone.label, "kind": kind, "optuna.study": name,
-                         "optuna.storage": displayed_url(storage_url)})
+                         "optuna.storage": redacted_url(storage_url)})
         tracking.log_params(search_run_id, {**flatten(asdict(config.search), "search"), "objective": objective_name,
-                                            "storage": displayed_url(storage_url), "study": name})
+                                            "storage": redacted_url(storage_url), "study": name})
         trial_logger = TrialRunLogger(search_run_id, experiment_id, objective_name, backbone.label)
         progress = run_study(study, objective, config.search.n_trials, config.search.timeout_s,
                              callbacks=[trial_logger])
@@ -179,9 +183,10 @@ def search_backbone(config: Config, backbone: BackboneConfig, catalog: Catalog, 
     tracking.log_params(parent_id, {f"search.{backbone.label}.study": name})
     mlflow.tracking.MlflowClient().log_metric(parent_id, f"search_{objective_name}_{backbone.label}",
                                               float(best["value"]))
-    logger.info("%s search for %s: best %s %.4f (trial %d of %d finished; %d run here at %.1f per minute): %s",
-                kind, backbone.label, objective_name, best["value"], best["number"], progress.n_finished,
-                len(progress.trial_numbers), progress.trials_per_minute,
+    ran_here = (f"{len(progress.trial_numbers)} run here at {progress.trials_per_minute:.1f} per minute"
+                if progress.trial_numbers else "none run here")
+    logger.info("%s search for %s: best %s %.4f (trial %d of %d finished; %s): %s", kind, backbone.label,
+                objective_name, best["value"], best["number"], progress.n_finished, ran_here,
                 ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()))
     return SearchResult(kind, name, objective_name, tuned, search_run_id, progress, best_value=float(best["value"]),
                         best_params=params, best_trial=int(best["number"]))

@@ -1,11 +1,11 @@
 """Optuna studies: where they are stored, how they sample and prune, and how workers share a trial budget.
 
-A study lives in an RDB storage: SQLite under ``<work_dir>/mlruns/optuna.db`` by default, so a search that
-is stopped resumes from its finished trials, or a PostgreSQL database that several worker processes, on
-one machine or many, open under the same study name. Optuna's storage hands each worker its own trials,
-and the trial budget is the number of finished trials in the study, so it holds across workers and
-restarts. Workers write a heartbeat; a trial whose worker died is marked failed after the grace period and
-queued once more with the same parameters.
+A study lives in an RDB storage. By default that is SQLite under ``<work_dir>/mlruns/optuna.db``, so a
+search that is stopped resumes from its finished trials. Several worker processes, on one machine or many,
+share a study by opening the same name in one PostgreSQL database. Optuna's storage hands each worker its
+own trials, and the trial budget counts the finished trials of the whole study, so it applies across
+workers and restarts. Running trials write a heartbeat, and a trial whose worker died is marked failed
+after the grace period and queued once more with the same parameters.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ GRACE_PERIOD_S = 60
 """Seconds without a heartbeat after which a running trial counts as abandoned (its worker died)."""
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 STORAGE_ATTEMPTS = 4
-"""Tries to open a storage; workers that start together race to create the tables of a new database."""
+"""Tries to open a storage, because workers that start together race to create a new database's tables."""
 
 
 class SearchError(RuntimeError):
@@ -51,7 +51,7 @@ def default_storage_url(work_dir: Path) -> str:
     return f"sqlite:///{(Path(work_dir) / 'mlruns' / 'optuna.db').resolve()}"
 
 
-def displayed_url(url: str) -> str:
+def redacted_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, for logs and MLflow params."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -77,7 +77,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         # Wait for a lock held by another process instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
 
-    shown = displayed_url(url)
+    redacted = redacted_url(url)
     for attempt in range(1, STORAGE_ATTEMPTS + 1):
         try:
             with warnings.catch_warnings():
@@ -87,17 +87,17 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     grace_period=GRACE_PERIOD_S,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         except ImportError as error:
-            raise SearchError(f"the database driver for study storage {shown} is not installed ({error}); "
+            raise SearchError(f"the database driver for study storage {redacted} is not installed ({error}); "
                               "for PostgreSQL install psycopg2-binary, e.g. pip install -e '.[postgres]'") from error
         except (ArgumentError, ValueError) as error:
-            raise SearchError(f"study storage URL {shown} is invalid ({error}); expected e.g. "
+            raise SearchError(f"study storage URL {redacted} is invalid ({error}); expected e.g. "
                               "sqlite:///path/optuna.db or postgresql+psycopg2://user:password@host:5432/db"
                               ) from error
         except SQLAlchemyError as error:
             if attempt == STORAGE_ATTEMPTS:
-                raise SearchError(f"could not open study storage {shown} after {attempt} tries: {error}. "
+                raise SearchError(f"could not open study storage {redacted} after {attempt} tries: {error}. "
                                   "Check that the database server is running and the URL is right") from error
-            logger.warning("Opening study storage %s failed (%s); retrying", shown, type(error).__name__)
+            logger.warning("Opening study storage %s failed (%s); retrying", redacted, type(error).__name__)
             time.sleep(attempt)
     raise AssertionError("unreachable")
 
@@ -165,7 +165,7 @@ def open_study(storage_url: str, study_name: str, search: SearchConfig,
                                 sampler=TrialSeededSampler(search.seed, search.n_startup_trials),
                                 pruner=pruner or make_pruner(search))
     if study.direction != StudyDirection.MINIMIZE:
-        raise SearchError(f"study {study_name} in {displayed_url(storage_url)} maximises its objective; "
+        raise SearchError(f"study {study_name} in {redacted_url(storage_url)} maximises its objective; "
                           "choose another search.study_name")
     return study
 
@@ -185,7 +185,7 @@ def worker_name() -> str:
 
 @dataclass(frozen=True)
 class StudyProgress:
-    """What one process's call to ``run_study`` did."""
+    """Trials run by one call to ``run_study``, and the size of the study afterwards."""
 
     trial_numbers: tuple[int, ...]
     """Numbers of the trials this process ran, in order."""
@@ -200,7 +200,7 @@ class StudyProgress:
 
 def run_study(study: Study, objective: Callable[[optuna.Trial], float], n_trials: int, timeout_s: float,
               callbacks: Iterable[Callable[[Study, FrozenTrial], None]] = ()) -> StudyProgress:
-    """Run trials until the study holds ``n_trials`` finished ones or ``timeout_s`` seconds have passed.
+    """Run trials until the study contains ``n_trials`` finished ones or ``timeout_s`` seconds have passed.
 
     Trials that other workers or earlier runs finished count towards ``n_trials``, so a resumed search
     runs only the rest. With several workers the study may end a trial or two over the budget, because
@@ -231,7 +231,7 @@ def run_study(study: Study, objective: Callable[[optuna.Trial], float], n_trials
     remaining = n_trials - len(finished_trials(study))
     started = time.monotonic()
     if remaining <= 0:
-        logger.info("Study %s already holds %d finished trials (budget %d); running none",
+        logger.info("Study %s already contains %d finished trials (budget %d); running none",
                     study.study_name, n_trials - remaining, n_trials)
     else:
         budget = optuna.study.MaxTrialsCallback(n_trials, states=FINISHED_STATES)

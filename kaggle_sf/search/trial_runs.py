@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import tempfile
 import time
 import warnings
@@ -20,7 +22,12 @@ from kaggle_sf import tracking
 logger = logging.getLogger(__name__)
 
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
-"""MLflow run status of each final trial state; the state itself is also the run's ``optuna.state`` tag."""
+"""MLflow run status of each final trial state. The run's tag ``optuna.state`` also names the state."""
+
+
+def process_tags() -> dict[str, str]:
+    """Return the tags by which the main job ends RUNNING runs of killed processes (``kaggle_sf.pid``, ``.host``)."""
+    return {"kaggle_sf.pid": str(os.getpid()), "kaggle_sf.host": socket.gethostname()}
 
 
 def _milliseconds(moment: datetime | None) -> int:
@@ -30,7 +37,7 @@ def _milliseconds(moment: datetime | None) -> int:
 class TrialRunLogger:
     """Study callback that records each trial this process ran as an MLflow child run of the search run.
 
-    A trial's run holds its parameters, its ``value`` (complete trials only), its intermediate values as
+    A trial's run contains its parameters, its ``value`` (complete trials only), its intermediate values as
     the metric ``<objective>`` with the step the objective reported, and tags for the study, the trial
     number, the final state and the worker that ran it.
     """

@@ -1,0 +1,88 @@
+"""Fine-tuning throughput: the training pipeline against the same model fitted on frames in memory.
+
+The classifier is ``kaggle_sf.models.classifier.build_classifier`` for MobileNet (width 0.25, ImageNet
+weights) at 192x256, compiled as fine-tuning compiles it (Adam, sparse cross-entropy), every layer
+training. Variants, each running the same number of steps of 32 frames once per round on the same
+frames:
+
+- ``pipeline_augment``: ``image_dataset`` with labels, shuffling and ``make_batch_augmenter(AugmentConfig())``,
+  as ``kaggle_sf.finetune`` feeds an epoch;
+- ``pipeline``: the same without augmentation;
+- ``in_memory``: ``model.fit`` on the frames decoded beforehand into a float32 array.
+
+The ratios show what decoding and augmenting cost a training step when they share the CPU with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import Result, interleave, rate_result, sample_train_frames
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 32
+SIZE = (192, 256)
+WARM_UP_STEPS = 2
+
+
+def run_finetune(data_dir: Path, steps: int, rounds: int) -> list[Result]:
+    """Measure images per second of fine-tuning steps; see the module docstring.
+
+    Args:
+        data_dir: competition files.
+        steps: training steps per variant and round; the frames are ``steps * 32`` training frames.
+        rounds: rounds of each variant.
+    """
+    import keras
+
+    from kaggle_sf.config import BackboneConfig, FinetuneConfig
+    from kaggle_sf.data.augment import AugmentConfig, make_batch_augmenter
+    from kaggle_sf.data.images import image_dataset
+    from kaggle_sf.models.classifier import build_classifier
+    from kaggle_sf.search.finetune_objective import decode_frames
+
+    backbone = BackboneConfig(name="mobilenet", alpha=0.25, input_size=SIZE, weights="imagenet")
+    finetune = FinetuneConfig()
+    frames = sample_train_frames(data_dir, steps * BATCH_SIZE)
+    paths = frames["path"].tolist()
+    labels = frames["classname"].str[1:].astype(int).to_numpy()
+    logger.info("Fine-tuning: %d rounds of %d steps of %d frames at %dx%d", rounds, steps, BATCH_SIZE, *SIZE)
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier(backbone, dropout=finetune.dropout, freeze_batch_norm=finetune.batch_norm == "frozen")
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    in_memory = decode_frames(paths, SIZE).astype(np.float32)
+    augmenter = make_batch_augmenter(AugmentConfig())
+
+    def pipeline_fit(augment: bool):
+        # Built once, like the input pipeline benchmark's datasets; each fit starts a new iteration of it.
+        dataset = image_dataset(paths, SIZE, BATCH_SIZE, labels=labels, shuffle=True, seed=1,
+                                augment=augmenter if augment else None, repeat=True)
+
+        def fit(round_number: int) -> int:
+            n_steps = WARM_UP_STEPS if round_number < 0 else steps
+            model.fit(dataset, epochs=1, steps_per_epoch=n_steps, verbose=0)
+            return n_steps * BATCH_SIZE
+        return fit
+
+    def memory_fit(round_number: int) -> int:
+        n_frames = WARM_UP_STEPS * BATCH_SIZE if round_number < 0 else len(in_memory)
+        model.fit(in_memory[:n_frames], labels[:n_frames], batch_size=BATCH_SIZE, epochs=1, shuffle=True,
+                  verbose=0)
+        return n_frames
+
+    variants = {"pipeline_augment": pipeline_fit(augment=True), "pipeline": pipeline_fit(augment=False),
+                "in_memory": memory_fit}
+    timings = interleave(variants, rounds, warm_up=list(variants))
+    settings = {"backbone": backbone.label, "weights": "imagenet", "batch_size": BATCH_SIZE, "steps_per_round": steps,
+                "trainable": "all layers", "batch_norm": finetune.batch_norm}
+    return [
+        rate_result("finetune/pipeline_augment", timings, "pipeline_augment", "in_memory", settings, "images/s"),
+        rate_result("finetune/pipeline", timings, "pipeline", "in_memory", settings, "images/s"),
+        rate_result("finetune/in_memory", timings, "in_memory", None, settings, "images/s"),
+    ]
