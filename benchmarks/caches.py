@@ -2,9 +2,9 @@
 
 Both runs are ``python -m pipelines.full_run --data-dir DIR --work-dir DIR --set train.mode=head`` with
 the repository's default configuration, as separate processes started from the repository root. The
-first starts from an empty work folder; the second reuses the image check, the features and the fold
-models, and computes again what is not cached (blend stage, submission, charts and class-activation
-maps). Runs cannot be interleaved here, so this ratio depends more than the others on the machine's
+first starts from an empty work folder. The second reuses the image check, the features and the fold
+models. It computes again what is not cached: the blend stage, the submission, the charts and the
+class-activation maps. Runs cannot be interleaved here, so this ratio depends more than the others on the machine's
 load staying steady.
 """
 

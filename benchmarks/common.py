@@ -3,7 +3,9 @@
 Every comparison runs the toolkit's way and the plain way in the same process, round after round, on
 the same frames, with the order of the variants rotated each round. A machine that gets busier or
 quieter during a benchmark then slows both ways alike, so the per-round ratios stay meaningful even
-when the absolute rates do not.
+when the absolute rates do not. Each round also records the process's CPU time. Frames per CPU second
+show what a way costs whatever share of the cores it got, which on a machine busy with other work can
+be far from all of them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Result:
         name: ``<benchmark>/<what>``, e.g. ``input_pipeline/toolkit``.
         value: the measurement in ``unit`` (a median over rounds where there are rounds).
         unit: e.g. ``frames/s``, ``MB``, ``s``, ``trials/min``.
-        ratio: the toolkit's value over its comparison's (``settings["ratio_of"]`` says which); None
+        ratio: the toolkit's value over its comparison's (``settings["ratio_of"]`` names which); None
             where the row has no comparison.
         frames: frames (or feature rows) processed in the timed part, over all rounds.
         seconds: wall-clock seconds of the timed part, over all rounds.
@@ -57,14 +59,21 @@ class Result:
 
 @dataclass(frozen=True)
 class Timing:
-    """Frames processed and seconds taken by one variant in one round."""
+    """Frames processed, wall-clock seconds and CPU seconds of one variant in one round."""
 
     frames: int
     seconds: float
+    cpu_seconds: float
+    """User and system time of the whole process (all threads) during the round."""
 
     @property
     def rate(self) -> float:
         return self.frames / self.seconds
+
+    @property
+    def cpu_rate(self) -> float:
+        """Frames per CPU second: what the variant costs, whatever share of the cores it got."""
+        return self.frames / self.cpu_seconds
 
 
 def interleave(variants: Mapping[str, Callable[[int], int]], rounds: int,
@@ -88,9 +97,10 @@ def interleave(variants: Mapping[str, Callable[[int], int]], rounds: int,
     for round_number in range(rounds):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             frames = variants[name](round_number)
-            timings[name][round_number] = Timing(frames, time.perf_counter() - started)
+            timings[name][round_number] = Timing(frames, time.perf_counter() - started,
+                                                 time.process_time() - cpu_started)
     return timings
 
 
@@ -104,6 +114,15 @@ def round_ratios(numerator: list[Timing], denominator: list[Timing]) -> list[flo
     return [a.rate / b.rate for a, b in zip(numerator, denominator)]
 
 
+def cpu_settings(timings: list[Timing], compared_with: list[Timing] | None = None) -> dict[str, Any]:
+    """Return frames per CPU second (median over rounds) and, when compared, the median ratio of it."""
+    settings: dict[str, Any] = {"frames_per_cpu_second": round(statistics.median(t.cpu_rate for t in timings), 2)}
+    if compared_with is not None:
+        ratios = [a.cpu_rate / b.cpu_rate for a, b in zip(timings, compared_with)]
+        settings["cpu_ratio"] = round(statistics.median(ratios), 3)
+    return settings
+
+
 def ratio_settings(ratios: list[float]) -> dict[str, Any]:
     """Return the spread of per-round ratios for a Result's settings: ``ratio_range: [min, max]``."""
     return {"ratio_range": [round(min(ratios), 3), round(max(ratios), 3)]}
@@ -113,11 +132,12 @@ def rate_result(name: str, timings: dict[str, list[Timing]], variant: str, compa
                 settings: dict[str, Any], unit: str = "frames/s") -> Result:
     """Summarise one variant's rounds as a Result, with its ratio to ``compared_with`` when given."""
     rounds = timings[variant]
-    ratio, extra = None, {}
+    ratio, extra = None, cpu_settings(rounds)
     if compared_with:
         ratios = round_ratios(rounds, timings[compared_with])
         ratio = statistics.median(ratios)
-        extra = {"ratio_of": f"{variant} / {compared_with}", **ratio_settings(ratios)}
+        extra = {"ratio_of": f"{variant} / {compared_with}", **ratio_settings(ratios),
+                 **cpu_settings(rounds, timings[compared_with])}
     return Result(name=name, value=median_rate(rounds), unit=unit, ratio=ratio,
                   frames=sum(t.frames for t in rounds), seconds=sum(t.seconds for t in rounds),
                   settings={**settings, **extra, "rounds": len(rounds), "load_average_1min": load_average()})

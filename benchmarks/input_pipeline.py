@@ -12,9 +12,9 @@ Variants, each run once per round on the same frames:
   core for OpenCV, a parallel ``tf.data`` map for TensorFlow). Nothing is resized or batched.
 
 The toolkit's share of the decoding limit is its rate over the faster of the two decoders in the same
-round. The tf.data pipelines are built once per size and iterated anew each round, so that tracing
-their functions, which a training run pays once per epoch of thousands of frames, stays out of the
-rates; starting the iteration and filling the first batch stay in.
+round. The tf.data pipelines are built once per size and iterated anew each round. Tracing their
+functions, which a training run pays once per epoch of thousands of frames, thus stays out of the
+rates, while starting the iteration and filling the first batch stay in.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 from benchmarks.common import (
     Result,
     Timing,
+    cpu_settings,
     interleave,
     load_average,
     rate_result,
@@ -122,8 +123,10 @@ def _results_for_size(size: tuple[int, int], timings: dict[str, list[Timing]],
         rate_result(f"{prefix}/decode_opencv", timings, "decode_opencv", None, settings),
         rate_result(f"{prefix}/decode_tensorflow", timings, "decode_tensorflow", None, settings),
     ]
-    # The decoding limit of a round is the faster decoder of that round.
-    limit = [max(a, b, key=lambda t: t.rate) for a, b in zip(timings["decode_opencv"], timings["decode_tensorflow"])]
+    # The decoding limit of a round is the faster decoder of that round, by wall clock and by CPU time.
+    decoders = list(zip(timings["decode_opencv"], timings["decode_tensorflow"]))
+    limit = [max(pair, key=lambda t: t.rate) for pair in decoders]
+    cpu_limit = [max(pair, key=lambda t: t.cpu_rate) for pair in decoders]
     for variant in ("toolkit", "toolkit_augment"):
         shares = round_ratios(timings[variant], limit)
         share = statistics.median(shares)
@@ -131,8 +134,8 @@ def _results_for_size(size: tuple[int, int], timings: dict[str, list[Timing]],
                            ratio=share, frames=sum(t.frames for t in timings[variant]),
                            seconds=sum(t.seconds for t in timings[variant]),
                            settings={**settings, "ratio_of": f"{variant} / max(decode_opencv, decode_tensorflow)",
-                                     **ratio_settings(shares), "rounds": len(limit),
-                                     "load_average_1min": load_average()}))
+                                     **ratio_settings(shares), **cpu_settings(timings[variant], cpu_limit),
+                                     "rounds": len(limit), "load_average_1min": load_average()}))
     return rows
 
 

@@ -36,8 +36,9 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 def peak_rss_mb() -> float:
     """Return this process's peak resident set size in MB.
 
-    Linux keeps ``ru_maxrss`` across ``execve``, so a process started by a larger one reports its
-    parent's peak there; ``VmHWM`` in ``/proc/self/status`` belongs to the process's own memory map.
+    A process started by a larger one can report the larger one's peak as ``ru_maxrss``, because Linux
+    keeps it across ``fork`` and ``execve``. ``VmHWM`` in ``/proc/self/status`` is the peak of the
+    process's own memory map.
     """
     status = Path("/proc/self/status")
     if status.is_file():

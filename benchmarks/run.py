@@ -2,7 +2,7 @@
 
     python -m benchmarks.run --data-dir DIR [--lowres-dir DIR] [--work-dir DIR] [--quick] [--only NAME ...]
 
-Each line holds ``name, value, unit, ratio, frames, seconds, settings``; progress goes to stderr. The
+Each line contains ``name, value, unit, ratio, frames, seconds, settings``; progress goes to stderr. The
 first line describes the machine. ``--quick`` runs smaller samples and fewer rounds.
 """
 

@@ -8,7 +8,7 @@ into ``<work_dir>/cache/features`` (a cache hit when an earlier benchmark left t
   child run per trial, each trial training one head per driver fold with early stopping;
 - ``head_trainer``: one trial's work, a head per fold at the default head settings, trained by the
   search's ``fit_head`` (an epoch per TensorFlow graph call) and by ``train_head_fold`` (Keras
-  ``fit``), interleaved, with early stopping off so that both run the same number of epochs.
+  ``fit``), interleaved. Early stopping is off, so both run the same number of epochs.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run_search(data_dir: Path, work_dir: Path, n_trials: int, epochs: int, round
 
     Args:
         data_dir: competition files.
-        work_dir: holds the features cache, the study storage and the MLflow store.
+        work_dir: contains the features cache, the study storage and the MLflow store.
         n_trials: finished trials the search runs.
         epochs: epochs per fold head in the trainer comparison.
         rounds: rounds of the trainer comparison.

@@ -238,8 +238,8 @@ def test_decoder_reads_every_decodable_case(tmp_path: Path, case: str):
     path = write_case(tmp_path, case)
     decoded = _decode(path, (32, 32))
     assert decoded.shape == (32, 32, 3)
-    # Decoders and resize filters differ by a few levels (DCT method, reduced decoding, antialiasing),
-    # while a wrong decode is off by tens.
+    # JPEG decoders differ by a few levels (DCT method, reduced decoding), while a wrong decode is off
+    # by tens.
     assert np.abs(decoded - _reference(path, (32, 32))).mean() < 4
 
 

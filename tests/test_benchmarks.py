@@ -32,12 +32,14 @@ def test_interleave_rotates_order_and_rates_each_round():
 
 
 def test_rate_result_takes_median_ratio_of_rounds():
-    timings = {"toolkit": [Timing(100, 1.0), Timing(100, 2.0), Timing(100, 1.0)],
-               "plain": [Timing(10, 1.0), Timing(10, 1.0), Timing(10, 0.5)]}
+    timings = {"toolkit": [Timing(100, 1.0, 2.0), Timing(100, 2.0, 2.0), Timing(100, 1.0, 2.0)],
+               "plain": [Timing(10, 1.0, 1.0), Timing(10, 1.0, 1.0), Timing(10, 0.5, 0.5)]}
     result = rate_result("x", timings, "toolkit", "plain", {})
     assert result.value == 100.0
     assert result.ratio == 5.0
     assert result.settings["ratio_range"] == [5.0, 10.0]
+    assert result.settings["frames_per_cpu_second"] == 50.0
+    assert result.settings["cpu_ratio"] == 5.0
     assert result.frames == 300
 
 

@@ -220,6 +220,7 @@ def test_trial_of_a_dead_worker_runs_again(tmp_path, monkeypatch):
     ("search.head.learning_rate=[0.1, 0.01]", "search.head.learning_rate"),
     ("search.head.weight_decay=[0, 0.1]", "search.head.weight_decay"),
     ("search.head.dropout=[0.2, 1.0]", "search.head.dropout"),
+    ("search.head.repeats=0", "search.head.repeats"),
     ("search.pruner=hyperband", "search.pruner"),
     ("search.finetune.steps=2", "search.finetune.steps"),
     ("search.study_name=' '", "search.study_name"),

@@ -1,20 +1,17 @@
 """Image decoding into batches of RGB frames at a backbone's input size, with ids alongside.
 
 JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale whenever the reduced image is still at least the
-target size: a 640x480 frame needed at 224x224 is decoded at 320x240, which takes about half the time of
-a full decode. A frame smaller than the target on either side is decoded at full size. Grayscale and CMYK
-JPEGs come out as RGB; PNG, GIF, BMP and WebP data in a ``.jpg`` file is decoded by its format. The
-result is resized to the target and returned as float32 in [0, 255]; preprocessing for the backbone
-happens inside the model. Files that cannot be decoded are found beforehand by
-``kaggle_sf.data.image_check``.
+target size. A 640x480 frame needed at 224x224 is decoded at 320x240, which takes about half the time
+of a full decode. A frame smaller than the target on either side is decoded at full size. Grayscale and
+CMYK JPEGs come out as RGB; PNG, GIF, BMP and WebP data in a ``.jpg`` file is decoded by its format.
+The result is resized to the target with TensorFlow's antialiased bilinear resize and returned as
+float32 in [0, 255]; preprocessing for the backbone happens inside the model. Files that cannot be
+decoded are found beforehand by ``kaggle_sf.data.image_check``.
 
-A JPEG is resized bilinearly without antialiasing. The reduced decode has already averaged each factor
-of two away, so at least one side shrinks by less than 2x, and bilinear interpolation reads every source
-pixel there. It is several times faster than TensorFlow's antialiased resize (``benchmarks/README.md``),
-and the out-of-fold log loss on the 640x480 competition frames stayed the same: 1.686 against 1.689
-with antialiasing at 224x224, and 1.637 against 1.640 at 299x299, where the width still shrinks 2.14x
-(MobileNet-0.25 features, heads on 5 driver folds, mean of 3 seeds). Other formats get no reduced decode
-and keep the antialiased resize.
+Antialiasing costs more than the reduced decode itself, but it is worth it: without it the out-of-fold
+log loss at 192x256 rose from 1.628 to 1.644, in every one of 4 seeds (MobileNet-0.25 features of the
+1,171 full-resolution training frames, heads on 5 driver folds). ``benchmarks/README.md`` has the
+measurements.
 """
 
 from __future__ import annotations
@@ -52,12 +49,11 @@ def _decode_other_format(contents: tf.Tensor) -> tf.Tensor:
 def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """Read and decode one image file to a float32 RGB tensor of shape (height, width, 3) in [0, 255]."""
     contents = tf.io.read_file(path)
-    # NOTE: a JPEG much wider or taller than the target's shape (1920x480 needed at 224x224) still
-    # shrinks by more than 2x on its long side after the reduced decode, and aliases there.
-    image = tf.cond(tf.io.is_jpeg(contents),
-                    lambda: tf.image.resize(_decode_reduced(contents, size), size, method="bilinear"),
-                    lambda: tf.image.resize(_decode_other_format(contents), size, method="bilinear",
-                                            antialias=True))
+    image = tf.cond(tf.io.is_jpeg(contents), lambda: _decode_reduced(contents, size),
+                    lambda: _decode_other_format(contents))
+    # The antialiased resize gives the same values for uint8 and float32 input, but its float32 kernel
+    # took two thirds of the time (TensorFlow 2.21).
+    image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
     return tf.ensure_shape(image, (*size, 3))
 
 

@@ -2,8 +2,7 @@
 
 A JPEG goes through the same decoder as the feature cache (``kaggle_sf.data.images.decode_image``), so
 a model predicts exactly the probabilities it gave the frame in the run. Other formats and video frames
-get no reduced-size decode, so they are resized with the antialiased bilinear resize that
-``decode_image`` gives formats other than JPEG.
+are resized with the same bilinear, antialiased resize, without the JPEG decoder's reduced-size decode.
 TensorFlow is imported when a frame is first resized, so reading this module does not start it.
 """
 

@@ -41,7 +41,7 @@ def run_search(config: Config, data_dir: Path, work_dir: Path, config_path: Path
     folds = make_folds(catalog.train, config.folds.n_splits, config.folds.seed, config.folds.validation_subjects)
 
     tracking.configure_tracking(work_dir)
-    # MLflow 3.17 creates the tables of a new SQLite store without a lock; workers may start together.
+    # MLflow 3.17 creates the tables of a new SQLite store without a lock, and workers may start together.
     with exclusive(work_dir_lock(work_dir, "mlflow-store"), "creating the MLflow store"):
         experiment = tracking.experiment_id(config.competition, work_dir)
     stem = Path(config_path).stem if config_path else "default"

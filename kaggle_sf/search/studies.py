@@ -27,6 +27,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from kaggle_sf.config import SearchConfig
+from kaggle_sf.tracking import hide_url_passwords
 
 logger = logging.getLogger(__name__)
 
@@ -87,15 +88,18 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     grace_period=GRACE_PERIOD_S,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         except ImportError as error:
-            raise SearchError(f"the database driver for study storage {redacted} is not installed ({error}); "
+            raise SearchError(f"the database driver for study storage {redacted} is not installed "
+                              f"({hide_url_passwords(str(error))}); "
                               "for PostgreSQL install psycopg2-binary, e.g. pip install -e '.[postgres]'") from error
         except (ArgumentError, ValueError) as error:
-            raise SearchError(f"study storage URL {redacted} is invalid ({error}); expected e.g. "
+            raise SearchError(f"study storage URL {redacted} is invalid ({hide_url_passwords(str(error))}); "
+                              "expected e.g. "
                               "sqlite:///path/optuna.db or postgresql+psycopg2://user:password@host:5432/db"
                               ) from error
         except SQLAlchemyError as error:
             if attempt == STORAGE_ATTEMPTS:
-                raise SearchError(f"could not open study storage {redacted} after {attempt} tries: {error}. "
+                raise SearchError(f"could not open study storage {redacted} after {attempt} tries: "
+                                  f"{hide_url_passwords(str(error))}. "
                                   "Check that the database server is running and the URL is right") from error
             logger.warning("Opening study storage %s failed (%s); retrying", redacted, type(error).__name__)
             time.sleep(attempt)
