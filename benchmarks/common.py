@@ -115,8 +115,11 @@ def round_ratios(numerator: list[Timing], denominator: list[Timing]) -> list[flo
 
 
 def cpu_settings(timings: list[Timing], compared_with: list[Timing] | None = None) -> dict[str, Any]:
-    """Return frames per CPU second (median over rounds) and, when compared, the median ratio of it."""
-    settings: dict[str, Any] = {"frames_per_cpu_second": round(statistics.median(t.cpu_rate for t in timings), 2)}
+    """Return the rate per CPU second (median over rounds) and, when compared, the median ratio of it.
+
+    The rate counts what the rounds returned (frames, images or epochs), as the Result's unit does.
+    """
+    settings: dict[str, Any] = {"rate_per_cpu_second": round(statistics.median(t.cpu_rate for t in timings), 2)}
     if compared_with is not None:
         ratios = [a.cpu_rate / b.cpu_rate for a, b in zip(timings, compared_with)]
         settings["cpu_ratio"] = round(statistics.median(ratios), 3)

@@ -1,6 +1,7 @@
 """Run the benchmarks and print one JSON line per result.
 
     python -m benchmarks.run --data-dir DIR [--lowres-dir DIR] [--work-dir DIR] [--quick] [--only NAME ...]
+                             [--output FILE]
 
 Each line contains ``name, value, unit, ratio, frames, seconds, settings``; progress goes to stderr. The
 first line describes the machine. ``--quick`` runs smaller samples and fewer rounds.

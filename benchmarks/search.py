@@ -82,6 +82,7 @@ def run_search(data_dir: Path, work_dir: Path, n_trials: int, epochs: int, round
 
     train_x, train_y = features.aligned(folds["img"]), class_indices(folds["classname"])
     fold_of_row = folds["fold"].to_numpy()
+    ids = folds["img"].to_numpy()
     head = replace(config.train.head, max_epochs=epochs, patience=epochs + 1)
 
     def trainer(use_keras_fit: bool):
@@ -91,7 +92,7 @@ def run_search(data_dir: Path, work_dir: Path, n_trials: int, epochs: int, round
                 validation = fold_of_row == fold
                 split = (train_x[~validation], train_y[~validation], train_x[validation], train_y[validation])
                 if use_keras_fit:
-                    fitted = train_head_fold(fold, *split, [], train_x[:0], [], head, seed=fold)
+                    fitted = train_head_fold(fold, *split, ids[validation].tolist(), train_x[:0], [], head, seed=fold)
                     n_epochs += int(fitted.metrics["epochs"])
                 else:
                     n_epochs += fit_head(*split, head, seed=fold).epochs

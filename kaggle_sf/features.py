@@ -30,7 +30,7 @@ from kaggle_sf.models.backbones import get_spec, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
-DECODER_VERSION = "jpeg-dct-reduced-bilinear-antialias-v2"
+DECODER_VERSION = "jpeg-dct-reduced-area-or-antialiased-bilinear-v3"
 """Changes whenever image decoding changes, so features cached by an older decoder are not reused."""
 
 

@@ -225,12 +225,40 @@ def _decode(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def _reference(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode with Pillow at full size and resize with TensorFlow's antialiased bilinear filter."""
-    import tensorflow as tf
+    """Decode with Pillow at full size and resize with the toolkit's resize."""
+    from kaggle_sf.data.images import resize_image
 
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB"))
-    return tf.image.resize(pixels, size, method="bilinear", antialias=True).numpy()
+    return resize_image(pixels, size).numpy()
+
+
+def test_resize_averages_away_detail_finer_than_the_target():
+    import tensorflow as tf
+
+    from kaggle_sf.data.images import resize_image
+
+    # One-pixel stripes shrunk 2.5 times. Each output pixel averages 2.5 input columns, so it is at most
+    # half a column, 255 * 0.5 / 2.5 = 25.5 levels, away from the mean grey. Plain bilinear sampling
+    # interpolates between two neighbouring columns and keeps much of the stripes.
+    stripes = np.zeros((100, 100, 3), np.uint8)
+    stripes[:, ::2] = 255
+    shrunk = resize_image(stripes, (40, 40)).numpy()
+    assert shrunk.dtype == np.float32
+    assert np.abs(shrunk - 127.5).max() <= 25.5 + 1e-3
+    sampled = tf.image.resize(stripes, (40, 40), method="bilinear", antialias=False).numpy()
+    assert np.abs(sampled - 127.5).max() > 60
+
+
+def test_resize_grows_a_small_frame_bilinearly():
+    import tensorflow as tf
+
+    from kaggle_sf.data.images import resize_image
+
+    frame = np.random.default_rng(0).integers(0, 256, (15, 20, 3), dtype=np.uint8)
+    grown = resize_image(frame[None], (60, 80)).numpy()
+    assert grown.shape == (1, 60, 80, 3)
+    np.testing.assert_allclose(grown, tf.image.resize(frame[None], (60, 80), method="bilinear").numpy(), atol=1e-3)
 
 
 @pytest.mark.parametrize("case", sorted(DECODABLE_CASES))

@@ -38,7 +38,7 @@ def test_rate_result_takes_median_ratio_of_rounds():
     assert result.value == 100.0
     assert result.ratio == 5.0
     assert result.settings["ratio_range"] == [5.0, 10.0]
-    assert result.settings["frames_per_cpu_second"] == 50.0
+    assert result.settings["rate_per_cpu_second"] == 50.0
     assert result.settings["cpu_ratio"] == 5.0
     assert result.frames == 300
 

@@ -2,7 +2,8 @@
 
 A JPEG goes through the same decoder as the feature cache (``kaggle_sf.data.images.decode_image``), so
 a model predicts exactly the probabilities it gave the frame in the run. Other formats and video frames
-are resized with the same bilinear, antialiased resize, without the JPEG decoder's reduced-size decode.
+are resized with the same antialiased resize (``kaggle_sf.data.images.resize_image``), without the JPEG
+decoder's reduced-size decode.
 TensorFlow is imported when a frame is first resized, so reading this module does not start it.
 """
 
@@ -43,10 +44,9 @@ def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
 
 def resize_frames(frames: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize uint8 RGB frames of one size to (n, height, width, 3) float32 model input in [0, 255]."""
-    import tensorflow as tf
+    from kaggle_sf.data.images import resize_image
 
-    batch = tf.convert_to_tensor(np.stack(list(frames)).astype(np.float32))
-    return tf.image.resize(batch, size, method="bilinear", antialias=True).numpy()
+    return resize_image(np.stack(list(frames)), size).numpy()
 
 
 def model_inputs(paths: Sequence[Path], size: tuple[int, int]) -> np.ndarray:
