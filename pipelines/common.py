@@ -5,6 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("configs") / "default.yaml"
+REPOSITORY_DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / DEFAULT_CONFIG
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -13,6 +19,25 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("absl", "alembic", "mlflow", "urllib3", "h5py", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def default_config_path(config: Path | None) -> Path | None:
+    """Return the configuration file a command runs with, and log it.
+
+    Without ``--config``, ``configs/default.yaml`` in the current directory is used, else the one of
+    this checkout of the toolkit. Only when neither exists (an install without the repository) do the
+    built-in defaults apply, with a warning, because they train a head on frozen 224x224 features
+    instead of fine-tuning.
+    """
+    if config is None:
+        config = next((path for path in (DEFAULT_CONFIG, REPOSITORY_DEFAULT_CONFIG) if path.is_file()), None)
+    if config is None:
+        logger.warning("No --config given and no %s found in the current directory or at %s; using the built-in "
+                       "defaults (a head on frozen MobileNet-0.25 features at 224x224). Pass --config FILE to "
+                       "choose the configuration.", DEFAULT_CONFIG, REPOSITORY_DEFAULT_CONFIG)
+    else:
+        logger.info("Configuration: %s", config)
+    return config
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.common import main_guard, setup_logging
+from pipelines.common import default_config_path, main_guard, setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipelines.full_run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None,
-                        help="YAML run configuration (default: configs/default.yaml when present)")
+                        help="YAML run configuration (default: configs/default.yaml of the current directory, "
+                             "else of the toolkit's repository)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="competition files: zip, imgs.zip or extracted folders (default: data/)")
     parser.add_argument("--work-dir", type=Path, default=Path("."),
@@ -31,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kaggle_sf.config import load_config
 
-    config_path = args.config
-    if config_path is None and Path("configs/default.yaml").is_file():
-        config_path = Path("configs/default.yaml")
+    config_path = default_config_path(args.config)
     config = load_config(config_path, args.overrides)
 
     from kaggle_sf.run import run

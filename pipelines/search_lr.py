@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.common import main_guard, setup_logging
+from pipelines.common import default_config_path, main_guard, setup_logging
 
 if TYPE_CHECKING:
     from kaggle_sf.config import Config
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipelines.search_lr", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None,
-                        help="YAML run configuration (default: configs/default.yaml when present)")
+                        help="YAML run configuration (default: configs/default.yaml of the current directory, "
+                             "else of the toolkit's repository)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="competition files: zip, imgs.zip or extracted folders (default: data/)")
     parser.add_argument("--work-dir", type=Path, default=Path("."),
@@ -64,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kaggle_sf.config import load_config
 
-    config_path = args.config
-    if config_path is None and Path("configs/default.yaml").is_file():
-        config_path = Path("configs/default.yaml")
+    config_path = default_config_path(args.config)
     config = with_search_options(load_config(config_path, args.overrides), args)
 
     from kaggle_sf.search.job import run_search

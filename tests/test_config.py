@@ -66,3 +66,35 @@ def test_flatten_gives_dotted_keys():
     assert flat["folds.n_splits"] == "5"
     assert flat["backbones.0.name"] == "mobilenet"
     assert flat["train.head.learning_rate"] == "0.001"
+
+
+def test_default_config_found_outside_the_repository(tmp_path, monkeypatch, caplog):
+    from pipelines import common
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("INFO", logger="pipelines.common"):
+        path = common.default_config_path(None)
+    assert path == CONFIGS / "default.yaml"
+    assert load_config(path).train.mode == "finetune"
+    assert f"Configuration: {path}" in caplog.text
+
+
+def test_default_config_prefers_the_current_directory(tmp_path, monkeypatch):
+    from pipelines import common
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.yaml").write_text("seed: 7\n")
+    monkeypatch.chdir(tmp_path)
+    assert common.default_config_path(None) == Path("configs/default.yaml")
+    assert common.default_config_path(tmp_path / "mine.yaml") == tmp_path / "mine.yaml"
+
+
+def test_missing_default_config_warns(tmp_path, monkeypatch, caplog):
+    from pipelines import common
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common, "REPOSITORY_DEFAULT_CONFIG", tmp_path / "absent.yaml")
+    with caplog.at_level("WARNING", logger="pipelines.common"):
+        assert common.default_config_path(None) is None
+    assert "using the built-in defaults" in caplog.text
+    assert "Pass --config FILE" in caplog.text
