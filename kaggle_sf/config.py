@@ -24,10 +24,15 @@ BACKBONE_NAMES = ("mobilenet", "resnet50", "xception", "inception_v3", "inceptio
 class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or an impossible value."""
 
+    def __init__(self, message: str, key: str = "", detail: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+        self.detail = detail
+
 
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
-        raise ConfigError(f"config key '{key}': {message}")
+        raise ConfigError(f"config key '{key}': {message}", key=key, detail=message)
 
 
 @dataclass(frozen=True)
@@ -432,7 +437,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         values[name] = _convert(value, hints[name], key)
     try:
         return cls(**values)
-    except ConfigError:
+    except ConfigError as error:
+        # A section's own checks name its keys without list indices (``backbones.name``); name the item.
+        field_name = error.key.rpartition(".")[2]
+        if prefix and field_name in names and error.key != f"{prefix}.{field_name}":
+            key = f"{prefix}.{field_name}"
+            raise ConfigError(f"config key '{key}': {error.detail}", key=key, detail=error.detail) from None
         raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"config section '{prefix or 'root'}': {error}") from error

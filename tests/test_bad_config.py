@@ -23,7 +23,7 @@ def run_main(argv: list[str]) -> int:
     ("train.head.learning_rate=-0.001", "error: config key 'train.head.learning_rate': must be positive, got -0.001"),
     ("train.head.learnig_rate=0.1", "error: config key 'train.head.learnig_rate': unknown config key; valid keys "
                                     "here: batch_size, dropout, learning_rate"),
-    ("backbones.0.name=vgg16", "error: config key 'backbones.name': unknown backbone 'vgg16'; choose one of "
+    ("backbones.0.name=vgg16", "error: config key 'backbones.0.name': unknown backbone 'vgg16'; choose one of "
                                "mobilenet, resnet50"),
     ("backbones.0.input_size=[224]", "error: config key 'backbones.0.input_size': expected 2 values, got [224]"),
     ("features.batch_size=many", "error: config key 'features.batch_size': expected an integer, got 'many'"),

@@ -40,7 +40,8 @@ def test_yaml_backbone_entries_start_from_defaults(tmp_path):
     (["folds.n_splits=0"], "folds.n_splits"),
     (["folds.n_splits=four"], "folds.n_splits"),
     (["train.head.learning_rate=-0.1"], "train.head.learning_rate"),
-    (["backbones.0.name=vgg16"], "backbones.name"),
+    (["backbones.0.name=vgg16"], "backbones.0.name"),
+    (["train.finetune.phases.1.learning_rate=-1"], "train.finetune.phases.1.learning_rate"),
     (["train.mode=magic"], "train.mode"),
     (["train.head.dropout=1.5"], "train.head.dropout"),
 ])
