@@ -34,7 +34,7 @@ from kaggle_sf.metrics import accuracy, log_loss
 from kaggle_sf.models.backbones import weights_fingerprint
 from kaggle_sf.selection import BlendResult, FeatureSpace, choose_blend, feature_space, summarise
 from kaggle_sf.submission import build_submission, write_submission
-from kaggle_sf.train import CLASS_INDEX, FoldResult, class_indices
+from kaggle_sf.train import CLASS_INDEX, HEAD_TRAINER_VERSION, FoldResult, class_indices
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def fold_models_key(config: Config, backbone: BackboneConfig, catalog: Catalog, 
                               "folds": _digest(folds.loc[:, ["img", "fold"]].to_numpy().tolist())}
     if config.train.mode == "head":
         key.update(train_features=train_features.path.name, test_features=test_features.path.name,
-                   head=asdict(config.train.head))
+                   head=asdict(config.train.head), trainer=HEAD_TRAINER_VERSION)
     else:
         key.update(backbone=asdict(backbone), weights=weights_fingerprint(backbone),
                    finetune=asdict(config.train.finetune), decoder=DECODER_VERSION,

@@ -26,6 +26,9 @@ CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
 HEAD_FILE = "head.keras"
 """A head-mode fold model's trained head (features -> probabilities), in a fold model's folder."""
 
+HEAD_TRAINER_VERSION = 2
+"""Part of the head-mode fold models' cache key: changes whenever ``train_head_fold`` trains differently."""
+
 
 @dataclass
 class FoldResult:
@@ -106,6 +109,7 @@ def train_head_fold(fold: int, train_x: np.ndarray, train_y: np.ndarray, val_x: 
         callbacks: extra Keras callbacks, e.g. per-epoch metric logging.
     """
     import keras
+    import tensorflow as tf
 
     from kaggle_sf.models.heads import build_head
 
@@ -115,8 +119,14 @@ def train_head_fold(fold: int, train_x: np.ndarray, train_y: np.ndarray, val_x: 
                  metrics=["accuracy"])
     stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                              restore_best_weights=True)
-    history = head.fit(train_x, train_y, validation_data=(val_x, val_y), epochs=config.max_epochs,
-                       batch_size=config.batch_size, callbacks=[stopping, *(callbacks or [])], verbose=0)
+    # A dataset reshuffled every epoch, because Keras 3.15's fit on arrays, after set_random_seed, repeats
+    # its first order in every epoch. With the search's trainer at the searched settings, reshuffling
+    # lowered the full-resolution sample's out-of-fold log loss from 1.666 to 1.628 (means of 3 and 6 seeds).
+    batches = (tf.data.Dataset.from_tensor_slices((train_x, train_y))
+               .shuffle(len(train_x), seed=seed, reshuffle_each_iteration=True)
+               .batch(config.batch_size))
+    history = head.fit(batches, validation_data=(val_x, val_y), epochs=config.max_epochs, shuffle=False,
+                       callbacks=[stopping, *(callbacks or [])], verbose=0)
 
     # Calling the model directly avoids retracing a predict function for every fold's head.
     val_probabilities = head(val_x, training=False).numpy()

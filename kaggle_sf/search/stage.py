@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_VERSION = 3
+OBJECTIVE_VERSION = 4
 """Part of every study's key: changes whenever a trial's training or scoring changes, so new trials never
 join a study whose values were measured differently."""
 
