@@ -438,7 +438,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     try:
         return cls(**values)
     except ConfigError as error:
-        # A section's own checks name its keys without list indices (``backbones.name``); name the item.
+        # A section's own checks name its keys without list indices (``backbones.name``), so add the index.
         field_name = error.key.rpartition(".")[2]
         if prefix and field_name in names and error.key != f"{prefix}.{field_name}":
             key = f"{prefix}.{field_name}"

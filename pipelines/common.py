@@ -21,7 +21,7 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def default_config_path(config: Path | None) -> Path | None:
+def resolve_config_path(config: Path | None) -> Path | None:
     """Return the configuration file a command runs with, and log it.
 
     Without ``--config``, ``configs/default.yaml`` in the current directory is used, else the one of

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.common import default_config_path, main_guard, setup_logging
+from pipelines.common import main_guard, resolve_config_path, setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kaggle_sf.config import load_config
 
-    config_path = default_config_path(args.config)
+    config_path = resolve_config_path(args.config)
     config = load_config(config_path, args.overrides)
 
     from kaggle_sf.run import run

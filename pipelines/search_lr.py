@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.common import default_config_path, main_guard, setup_logging
+from pipelines.common import main_guard, resolve_config_path, setup_logging
 
 if TYPE_CHECKING:
     from kaggle_sf.config import Config
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kaggle_sf.config import load_config
 
-    config_path = default_config_path(args.config)
+    config_path = resolve_config_path(args.config)
     config = with_search_options(load_config(config_path, args.overrides), args)
 
     from kaggle_sf.search.job import run_search

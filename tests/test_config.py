@@ -74,7 +74,7 @@ def test_default_config_found_outside_the_repository(tmp_path, monkeypatch, capl
 
     monkeypatch.chdir(tmp_path)
     with caplog.at_level("INFO", logger="pipelines.common"):
-        path = common.default_config_path(None)
+        path = common.resolve_config_path(None)
     assert path == CONFIGS / "default.yaml"
     assert load_config(path).train.mode == "finetune"
     assert f"Configuration: {path}" in caplog.text
@@ -86,8 +86,8 @@ def test_default_config_prefers_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "default.yaml").write_text("seed: 7\n")
     monkeypatch.chdir(tmp_path)
-    assert common.default_config_path(None) == Path("configs/default.yaml")
-    assert common.default_config_path(tmp_path / "mine.yaml") == tmp_path / "mine.yaml"
+    assert common.resolve_config_path(None) == Path("configs/default.yaml")
+    assert common.resolve_config_path(tmp_path / "mine.yaml") == tmp_path / "mine.yaml"
 
 
 def test_missing_default_config_warns(tmp_path, monkeypatch, caplog):
@@ -96,6 +96,6 @@ def test_missing_default_config_warns(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(common, "REPOSITORY_DEFAULT_CONFIG", tmp_path / "absent.yaml")
     with caplog.at_level("WARNING", logger="pipelines.common"):
-        assert common.default_config_path(None) is None
+        assert common.resolve_config_path(None) is None
     assert "using the built-in defaults" in caplog.text
     assert "Pass --config FILE" in caplog.text
