@@ -14,6 +14,15 @@ from kaggle_sf.crash import crash_point
 
 logger = logging.getLogger(__name__)
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_current_umask()
+"""Permissions of a file that ``open`` would create: ``mkstemp`` creates its files readable by the owner only."""
+
 TEMPORARY_PATTERN = r"\.tmp-[a-z0-9_]{8}-(?P<name>.+)"
 """Names of the temporary files that :func:`atomic_path` creates (``tempfile.mkstemp`` adds 8 characters)."""
 
@@ -36,6 +45,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield temporary_path
         with open(temporary_path, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(temporary_path, FILE_MODE)
         crash_point(f"replace {path.name}")
         os.replace(temporary_path, path)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -414,6 +415,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
                 pass
         _require(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                  f"expected a number, got {value!r}")
+        _require(math.isfinite(value), key, f"expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if value is None:
@@ -511,6 +513,9 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
             raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                              "pass a YAML file to --config") from error
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
         if not isinstance(loaded, dict):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +36,7 @@ from kaggle_sf.metrics import accuracy, log_loss
 from kaggle_sf.models.backbones import weights_fingerprint
 from kaggle_sf.selection import BlendResult, FeatureSpace, choose_blend, feature_space, summarise
 from kaggle_sf.submission import build_submission, write_submission
-from kaggle_sf.train import CLASS_INDEX, HEAD_TRAINER_VERSION, FoldResult, class_indices
+from kaggle_sf.train import CLASS_INDEX, HEAD_TRAINER_VERSION, FoldResult, TrainingError, class_indices
 
 logger = logging.getLogger(__name__)
 
@@ -255,12 +257,14 @@ def train_folds(config: Config, backbone: BackboneConfig, catalog: Catalog, fold
                         fold, train_x[~is_validation], train_y[~is_validation], train_x[is_validation],
                         train_y[is_validation], folds.loc[is_validation, "img"].tolist(), test_x,
                         catalog.test["img"].tolist(), config.train.head, seed=config.seed + fold)
+                    _check_finite(result, backbone, mode, folder)
                     result.save(folder)
                 else:
                     remove_stale_temporaries(folder)
                     result = finetune_fold(backbone, fold, frames[~is_validation], frames[is_validation],
                                            catalog.test, config.train.finetune, seed=config.seed + fold,
                                            folder=folder)
+                    _check_finite(result, backbone, mode, folder)
                     result.save(folder)
             crash_point(f"fold {fold} saved")
             mlflow.log_metrics(result.metrics)
@@ -268,6 +272,21 @@ def train_folds(config: Config, backbone: BackboneConfig, catalog: Catalog, fold
             tracking.log_table(run.info.run_id, result.oof, "predictions/oof.csv")
         results.append(result)
     return results
+
+
+def _check_finite(result: FoldResult, backbone: BackboneConfig, mode: str, folder: Path) -> None:
+    """Raise TrainingError when a fold model's predictions are not all finite, deleting its checkpoints.
+
+    Call it while holding the fold's lock.
+    """
+    numbers = [table.loc[:, list(CLASS_INDEX)].to_numpy(dtype=np.float64) for table in (result.oof, result.test)]
+    if all(np.isfinite(values).all() for values in numbers):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    rates = "train.head.learning_rate" if mode == "head" else "the learning rates of train.finetune.phases"
+    raise TrainingError(f"training {backbone.label} fold {result.fold} diverged: its predictions are not finite "
+                        f"(validation log loss {result.metrics.get('val_log_loss', math.nan):.4g}); lower {rates} "
+                        "and run again")
 
 
 def _load_fold_result(folder: Path) -> FoldResult | None:
@@ -318,8 +337,12 @@ def blend_fold_models(config: Config, results_by_backbone: dict[str, list[FoldRe
 def score(predictions: pd.DataFrame, labels: pd.DataFrame) -> tuple[float, float]:
     """Return (log loss, accuracy) of ``img, c0..c9`` predictions against ``img, classname`` labels."""
     merged = labels.merge(predictions, on="img", how="inner", validate="one_to_one")
+    if merged.empty:
+        raise ValueError("no labelled test image has a prediction; check that test_labels.csv lists the test images")
     if len(merged) != len(labels):
-        raise ValueError(f"{len(labels) - len(merged)} labelled images have no prediction")
+        # Test images left out of sample_submission.csv have labels but no prediction.
+        logger.warning("%d of %d labelled test images have no prediction (not in sample_submission.csv); scoring "
+                       "the other %d", len(labels) - len(merged), len(labels), len(merged))
     y = merged["classname"].map(CLASS_INDEX).to_numpy()
     probabilities = merged.loc[:, list(CLASS_INDEX)].to_numpy()
     return log_loss(y, probabilities), accuracy(y, probabilities)

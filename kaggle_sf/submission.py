@@ -60,7 +60,14 @@ def validate_submission(frame: pd.DataFrame, sample_ids: Sequence[str], *, sourc
     if len(frame) != len(sample_ids):
         raise SubmissionError(f"{source}: {len(frame)} rows; sample_submission.csv has {len(sample_ids)}")
 
-    values = frame.loc[:, list(CLASSES)].to_numpy(dtype=np.float64, na_value=np.nan)
+    numbers = frame.loc[:, list(CLASSES)].apply(pd.to_numeric, errors="coerce")
+    not_numbers = numbers.isna() & frame.loc[:, list(CLASSES)].notna()
+    if not_numbers.to_numpy().any():
+        row, column = np.argwhere(not_numbers.to_numpy())[0]
+        raise SubmissionError(f"{source}: {int(not_numbers.to_numpy().any(axis=1).sum())} rows hold values that are "
+                              f"not numbers, e.g. {ids.iloc[row]} has {frame.iloc[row][CLASSES[column]]!r} in "
+                              f"{CLASSES[column]}")
+    values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
     bad_rows = ~np.isfinite(values).all(axis=1)
     if bad_rows.any():
         raise SubmissionError(f"{source}: {int(bad_rows.sum())} rows hold NaN or infinite probabilities, "

@@ -26,6 +26,10 @@ CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
 HEAD_FILE = "head.keras"
 """A head-mode fold model's trained head (features -> probabilities), in a fold model's folder."""
 
+class TrainingError(RuntimeError):
+    """Training diverged: its predictions are not finite numbers."""
+
+
 HEAD_TRAINER_VERSION = 2
 """Part of the head-mode fold models' cache key: changes whenever ``train_head_fold`` trains differently."""
 
@@ -55,7 +59,8 @@ class FoldResult:
         folder.mkdir(parents=True, exist_ok=True)
         for name, table in (("oof.csv", self.oof), ("test.csv", self.test)):
             with atomic_path(folder / name) as temporary:
-                table.to_csv(temporary, index=False, float_format="%.8g")
+                # Full precision, so a resumed run blends exactly the numbers an uninterrupted one does.
+                table.to_csv(temporary, index=False)
         write_text_atomic(folder / "history.json", json.dumps(self.history))
         if self.head is not None:
             with atomic_path(folder / HEAD_FILE) as temporary:

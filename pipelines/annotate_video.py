@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.common import setup_logging
+from pipelines.common import OutputPathError, make_output_dir, setup_logging
 
 
 def _at_least_one(text: str) -> int:
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Check the input, the output and the window before the models load, which takes a while.
         video_codec(args.output)
+        make_output_dir(args.output.parent, "--output")
+        if args.predictions is not None:
+            make_output_dir(args.predictions.parent, "--predictions")
         if args.show:
             check_window_support()
         if not camera:
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         report = annotate_video(models, int(args.input) if camera else args.input, args.output,
                                 smooth=args.smooth, show=args.show, batch_size=args.batch_size or (1 if camera else 8),
                                 max_frames=args.max_frames, method=args.method)
-    except (VideoError, ExplainError, CamError, WeightsError) as error:
+    except (VideoError, ExplainError, CamError, WeightsError, OutputPathError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -40,6 +40,20 @@ def resolve_config_path(config: Path | None) -> Path | None:
     return config
 
 
+class OutputPathError(OSError):
+    """An output folder cannot be created."""
+
+
+def make_output_dir(folder: Path, option: str) -> Path:
+    """Create ``folder`` (and its parents) for a command's output, or raise OutputPathError naming ``option``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputPathError(f"cannot create the output folder {folder} ({error.strerror}); choose another "
+                              f"{option}") from error
+    return folder
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Return the exception types whose message alone tells the user what to fix."""
     from kaggle_sf.config import ConfigError
@@ -49,9 +63,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from kaggle_sf.kaggle_client import KaggleError
     from kaggle_sf.search.studies import SearchError
     from kaggle_sf.submission import SubmissionError
+    from kaggle_sf.train import TrainingError
 
     errors: list[type[BaseException]] = [ConfigError, CatalogError, ArchiveError, DataDirNotEmptyError, FoldsError,
-                                         KaggleError, SearchError, SubmissionError]
+                                         KaggleError, OutputPathError, SearchError, SubmissionError, TrainingError]
     # The backbone registry imports Keras: look for its error only when the run already loaded it.
     backbones = sys.modules.get("kaggle_sf.models.backbones")
     if backbones is not None:

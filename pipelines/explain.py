@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.common import setup_logging
+from pipelines.common import OutputPathError, make_output_dir, setup_logging
 
 BATCH_SIZE = 16
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         written = explain_images(args)
-    except (ExplainError, FrameError, CamError, WeightsError) as error:
+    except (ExplainError, FrameError, CamError, WeightsError, OutputPathError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Wrote {len(written)} heatmap images to {written[0].parent}")
@@ -71,9 +71,9 @@ def explain_images(args: argparse.Namespace) -> list[Path]:
     from kaggle_sf.explain.video import compose_frame
 
     paths = image_files(args.images)
+    output_dir = make_output_dir(args.output_dir or args.work_dir / "explain" / args.run_id, "--output-dir")
     open_tracking_store(args.work_dir)
     refs, models = load_run_models(args.run_id, backbone=args.backbone, fold=args.fold)
-    output_dir = args.output_dir or args.work_dir / "explain" / args.run_id
     print(f"Explaining {len(paths)} frames with {', '.join(ref.name for ref in refs)}")
 
     written = []

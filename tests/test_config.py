@@ -99,3 +99,15 @@ def test_missing_default_config_warns(tmp_path, monkeypatch, caplog):
         assert common.resolve_config_path(None) is None
     assert "using the built-in defaults" in caplog.text
     assert "Pass --config FILE" in caplog.text
+
+
+def test_infinite_number_is_rejected():
+    with pytest.raises(ConfigError, match=r"'train\.head\.learning_rate': expected a finite number, got inf"):
+        load_config(None, ["train.head.learning_rate=inf"])
+
+
+def test_binary_config_file_is_named(tmp_path):
+    path = tmp_path / "image.yaml"
+    path.write_bytes(b"\x89PNG\x00\x01binary")
+    with pytest.raises(ConfigError, match=r"image\.yaml is not UTF-8 text .* pass a YAML file to --config"):
+        load_config(path)

@@ -178,3 +178,57 @@ def test_killed_main_job_resumes_to_the_same_submission(tmp_path_factory: pytest
     assert parents == ["FINISHED"] + ["KILLED"] * 5
     assert "RUNNING" not in {run.info.status for run in runs}
     shutil.rmtree(work_dir)
+
+
+def test_atomic_write_gets_the_umask_mode(tmp_path: Path):
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with atomic_path(tmp_path / "out.csv") as temporary:
+        temporary.write_text("a\n")
+    # The mode open() would give, not mkstemp's 0600.
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_fold_result_reloads_exactly(tmp_path: Path):
+    import numpy as np
+
+    from kaggle_sf.train import FoldResult, prediction_table
+
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(10), size=5).astype(np.float32)
+    result = FoldResult(fold=1, oof=prediction_table([f"v{i}" for i in range(5)], probabilities),
+                        test=prediction_table([f"t{i}" for i in range(5)], probabilities[::-1]),
+                        metrics={"val_log_loss": 1.5})
+    result.save(tmp_path / "fold")
+    loaded = FoldResult.load(tmp_path / "fold")
+    assert loaded.oof.equals(result.oof)
+    assert loaded.test.equals(result.test)
+
+
+def test_diverged_fold_raises_and_leaves_no_model(tmp_path: Path):
+    import numpy as np
+
+    from kaggle_sf.config import BackboneConfig
+    from kaggle_sf.run import _check_finite
+    from kaggle_sf.train import FoldResult, TrainingError, prediction_table
+
+    folder = tmp_path / "fold_0"
+    folder.mkdir()
+    (folder / "checkpoint.keras").write_bytes(b"weights")
+    probabilities = np.full((3, 10), np.nan)
+    result = FoldResult(fold=0, oof=prediction_table(["a", "b", "c"], probabilities),
+                        test=prediction_table(["t"], np.full((1, 10), 0.1)), metrics={"val_log_loss": float("nan")})
+    with pytest.raises(TrainingError, match=r"training mobilenet_0\.25_224x224 fold 0 diverged: .*validation log "
+                                            r"loss nan\); lower train\.head\.learning_rate"):
+        _check_finite(result, BackboneConfig(), "head", folder)
+    assert not folder.exists()
+
+
+def test_uncreatable_output_folder_is_named(tmp_path: Path):
+    from pipelines.common import OutputPathError, make_output_dir
+
+    (tmp_path / "file.png").write_bytes(b"")
+    with pytest.raises(OutputPathError, match=r"cannot create the output folder .*file\.png/sub .* choose another "
+                                              r"--output-dir"):
+        make_output_dir(tmp_path / "file.png" / "sub", "--output-dir")

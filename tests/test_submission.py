@@ -76,3 +76,22 @@ def test_invalid_submission_is_not_written(tmp_path):
     with pytest.raises(SubmissionError):
         write_submission(_submission(value=0.5), tmp_path / "run.csv", SAMPLE_IDS)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_text_in_probability_column_is_named():
+    submission = _submission().astype({"c3": object})
+    submission.loc[1, "c3"] = "abc"
+    with pytest.raises(SubmissionError, match=rf"1 rows hold values that are not numbers, e.g. {SAMPLE_IDS[1]} "
+                                              r"has 'abc' in c3"):
+        validate_submission(submission, SAMPLE_IDS)
+
+
+def test_score_skips_labelled_images_without_prediction(caplog):
+    from kaggle_sf.run import score
+
+    predictions = _submission(value=0.1)
+    labels = pd.DataFrame({"img": [*SAMPLE_IDS, "img_unlisted.jpg"], "classname": "c0"})
+    with caplog.at_level("WARNING", logger="kaggle_sf.run"):
+        loss, accuracy = score(predictions, labels)
+    assert loss == pytest.approx(-np.log(0.1))
+    assert "1 of 4 labelled test images have no prediction" in caplog.text
