@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -19,6 +20,13 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("absl", "alembic", "mlflow", "urllib3", "h5py", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, the YAML file that :func:`resolve_config_path` falls back from."""
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML run configuration (default: configs/default.yaml of the current directory, "
+                             "else of the toolkit's repository)")
 
 
 def resolve_config_path(config: Path | None) -> Path | None:

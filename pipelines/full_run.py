@@ -8,14 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.common import main_guard, resolve_config_path, setup_logging
+from pipelines.common import add_config_argument, main_guard, resolve_config_path, setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipelines.full_run", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=None,
-                        help="YAML run configuration (default: configs/default.yaml of the current directory, "
-                             "else of the toolkit's repository)")
+    add_config_argument(parser)
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="competition files: zip, imgs.zip or extracted folders (default: data/)")
     parser.add_argument("--work-dir", type=Path, default=Path("."),
