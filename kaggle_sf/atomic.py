@@ -14,6 +14,7 @@ from kaggle_sf.crash import crash_point
 
 logger = logging.getLogger(__name__)
 
+
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -60,13 +60,13 @@ def validate_submission(frame: pd.DataFrame, sample_ids: Sequence[str], *, sourc
     if len(frame) != len(sample_ids):
         raise SubmissionError(f"{source}: {len(frame)} rows; sample_submission.csv has {len(sample_ids)}")
 
-    numbers = frame.loc[:, list(CLASSES)].apply(pd.to_numeric, errors="coerce")
-    not_numbers = numbers.isna() & frame.loc[:, list(CLASSES)].notna()
-    if not_numbers.to_numpy().any():
-        row, column = np.argwhere(not_numbers.to_numpy())[0]
-        raise SubmissionError(f"{source}: {int(not_numbers.to_numpy().any(axis=1).sum())} rows hold values that are "
-                              f"not numbers, e.g. {ids.iloc[row]} has {frame.iloc[row][CLASSES[column]]!r} in "
-                              f"{CLASSES[column]}")
+    cells = frame.loc[:, list(CLASSES)]
+    numbers = cells.apply(pd.to_numeric, errors="coerce")
+    not_numbers = (numbers.isna() & cells.notna()).to_numpy()
+    if not_numbers.any():
+        row, column = np.argwhere(not_numbers)[0]
+        raise SubmissionError(f"{source}: {int(not_numbers.any(axis=1).sum())} rows hold values that are not "
+                              f"numbers, e.g. {ids.iloc[row]} has {cells.iat[row, column]!r} in {CLASSES[column]}")
     values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
     bad_rows = ~np.isfinite(values).all(axis=1)
     if bad_rows.any():

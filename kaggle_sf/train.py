@@ -26,6 +26,7 @@ CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
 HEAD_FILE = "head.keras"
 """A head-mode fold model's trained head (features -> probabilities), in a fold model's folder."""
 
+
 class TrainingError(RuntimeError):
     """Training diverged: its predictions are not finite numbers."""
 

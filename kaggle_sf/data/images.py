@@ -10,14 +10,12 @@ backbone happens inside the model. Files that cannot be decoded are found before
 
 The resize is antialiased. A frame that shrinks on both sides is averaged over the area each output
 pixel covers, and a frame that grows on either side goes through TensorFlow's antialiased bilinear
-filter.
-On a 2-core CPU with TensorFlow 2.21, area averaging took a third of the time of the antialiased
-bilinear filter, whose cost had exceeded that of the reduced decode itself, and the pipeline ran about
-three times faster. What it costs in accuracy was measured on MobileNet-0.25 features at 192x256 of
-the 1,171 full-resolution training frames, with heads on 5 driver folds, over 4 seeds: the
-out-of-fold log loss was 1.629 with the antialiased bilinear filter, 1.635 with area averaging and
-1.642 with plain bilinear sampling, in that order in every seed. ``benchmarks/README.md`` has the
-speed measurements.
+filter. On a 2-core CPU with TensorFlow 2.21, the antialiased bilinear filter had cost more than the
+reduced decode itself; with area averaging the input-pipeline benchmark ran 1.6 to 2 times faster.
+The accuracy cost was measured on MobileNet-0.25 features at 192x256 of the 1,171 full-resolution
+training frames, with heads on 5 driver folds, over 4 seeds. The out-of-fold log loss was 1.629 with
+the antialiased bilinear filter, 1.635 with area averaging and 1.642 with plain bilinear sampling, in
+that order in every seed. ``benchmarks/README.md`` has the speed measurements.
 """
 
 from __future__ import annotations
