@@ -9,12 +9,17 @@ Variants, each run once per round on the same frames:
   default nearest-neighbour filter instead of an antialiased one;
 - ``decode_opencv`` and ``decode_tensorflow``: the JPEG decoding limit, JPEG bytes already in memory
   decoded at the DCT reduction that ``image_dataset`` chooses for the size, on every core (a thread per
-  core for OpenCV, a parallel ``tf.data`` map for TensorFlow). Nothing is resized or batched.
+  core for OpenCV, a parallel ``tf.data`` map for TensorFlow). Nothing is resized or batched;
+- ``resize``: ``kaggle_sf.data.images.resize_image`` alone on the same frames, decoded beforehand, a
+  thread per core.
 
 The toolkit's share of the decoding limit is its rate over the faster of the two decoders in the same
-round. The tf.data pipelines are built once per size and iterated anew each round. Tracing their
-functions, which a training run pays once per epoch of thousands of frames, thus stays out of the
-rates, while starting the iteration and filling the first batch stay in.
+round. Its share of decoding and resizing is its rate over the rate of that decoder followed by the
+resize, which leaves out only reading files, batching and tf.data's own work.
+
+The tf.data pipelines are built once per size and iterated anew each round. Tracing their functions,
+which a training run pays once per epoch of thousands of frames, thus stays out of the rates, while
+starting the iteration and filling the first batch stay in.
 """
 
 from __future__ import annotations
@@ -44,21 +49,13 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 32
 
 
-def dct_ratio(frame_shape: tuple[int, int], size: tuple[int, int]) -> int:
-    """Return the DCT reduction ``image_dataset`` decodes a (height, width) JPEG at for a target ``size``."""
-    from kaggle_sf.data.images import DCT_SCALES
-
-    for ratio in DCT_SCALES:
-        if frame_shape[0] // ratio >= size[0] and frame_shape[1] // ratio >= size[1]:
-            return ratio
-    return 1
-
-
 def _opencv_decoder(blobs: list[bytes], ratio: int, threads: int):
     import cv2
 
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-             8: cv2.IMREAD_REDUCED_COLOR_8}[ratio]
+    # The flags of the toolkit's decoder. BGR output (plain IMREAD_COLOR) decodes at the same speed.
+    from kaggle_sf.data.images import READ_FLAGS
+
+    flags = READ_FLAGS[ratio]
     arrays = [np.frombuffer(blob, dtype=np.uint8) for blob in blobs]
     pool = ThreadPoolExecutor(threads)
 
@@ -68,6 +65,18 @@ def _opencv_decoder(blobs: list[bytes], ratio: int, threads: int):
         return sum(frame is not None for frame in decoded)
 
     return decode, pool
+
+
+def _resizer(blobs: list[bytes], size: tuple[int, int], pool: ThreadPoolExecutor):
+    from kaggle_sf.data.images import decode_image, resize_image
+
+    decoded = [decode_image(blob, size) for blob in blobs]
+
+    def resize(round_number: int) -> int:
+        # OpenCV releases the GIL while resizing, so the threads resize in parallel.
+        return sum(1 for _ in pool.map(lambda frame: resize_image(frame, size), decoded))
+
+    return resize
 
 
 def _tensorflow_decoder(blobs: list[bytes], ratio: int):
@@ -122,11 +131,26 @@ def _results_for_size(size: tuple[int, int], timings: dict[str, list[Timing]],
         rate_result(f"{prefix}/toolkit_vs_plain_nearest", timings, "toolkit", "plain_nearest", settings),
         rate_result(f"{prefix}/decode_opencv", timings, "decode_opencv", None, settings),
         rate_result(f"{prefix}/decode_tensorflow", timings, "decode_tensorflow", None, settings),
+        rate_result(f"{prefix}/resize", timings, "resize", None, settings),
     ]
     # The decoding limit of a round is the faster decoder of that round, by wall clock and by CPU time.
     decoders = list(zip(timings["decode_opencv"], timings["decode_tensorflow"]))
     limit = [max(pair, key=lambda t: t.rate) for pair in decoders]
     cpu_limit = [max(pair, key=lambda t: t.cpu_rate) for pair in decoders]
+    # Decoding then resizing each frame, with nothing else, could go no faster than this.
+    decode_and_resize = [
+        Timing(frames=decode.frames, seconds=decode.seconds + decode.frames / resize.rate,
+               cpu_seconds=decode.cpu_seconds + decode.frames / resize.cpu_rate)
+        for decode, resize in zip(limit, timings["resize"])
+    ]
+    shares = round_ratios(timings["toolkit"], decode_and_resize)
+    share = statistics.median(shares)
+    rows.append(Result(name=f"{prefix}/toolkit_share_of_decode_and_resize", value=share, unit="fraction",
+                       ratio=share, frames=sum(t.frames for t in timings["toolkit"]),
+                       seconds=sum(t.seconds for t in timings["toolkit"]),
+                       settings={**settings, "ratio_of": "toolkit / (decoding limit and resize in sequence)",
+                                 **ratio_settings(shares), "rounds": len(limit),
+                                 "load_average_1min": load_average()}))
     for variant in ("toolkit", "toolkit_augment"):
         shares = round_ratios(timings[variant], limit)
         share = statistics.median(shares)
@@ -150,6 +174,8 @@ def run_input_pipeline(data_dir: Path, sizes: list[tuple[int, int]], n_frames: i
     """
     from PIL import Image
 
+    from kaggle_sf.data.images import dct_reduction
+
     frames = sample_train_frames(data_dir, n_frames)
     paths = frames["path"].tolist()
     labels = frames["classname"].str[1:].astype(int).tolist()
@@ -160,7 +186,7 @@ def run_input_pipeline(data_dir: Path, sizes: list[tuple[int, int]], n_frames: i
 
     results = []
     for size in sizes:
-        ratio = dct_ratio(frame_shape, size)
+        ratio = dct_reduction(frame_shape, size)
         opencv_decode, pool = _opencv_decoder(blobs, ratio, threads)
         variants = {
             "toolkit": _toolkit_loader(paths, labels, size, augment=False),
@@ -170,6 +196,7 @@ def run_input_pipeline(data_dir: Path, sizes: list[tuple[int, int]], n_frames: i
             "plain_nearest": _plain_loader(paths, labels, size, augment=False, resampling="nearest"),
             "decode_opencv": opencv_decode,
             "decode_tensorflow": _tensorflow_decoder(blobs, ratio),
+            "resize": _resizer(blobs, size, pool),
         }
         logger.info("Input pipeline at %dx%d: %d rounds of %d frames (%dx%d JPEGs, DCT reduction 1/%d)",
                     size[0], size[1], rounds, n_frames, frame_shape[1], frame_shape[0], ratio)

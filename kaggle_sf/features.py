@@ -30,7 +30,7 @@ from kaggle_sf.models.backbones import get_spec, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
-DECODER_VERSION = "jpeg-dct-reduced-area-or-antialiased-bilinear-v3"
+DECODER_VERSION = "opencv-jpeg-dct-reduced-supersampled-bilinear-v4"
 """Changes whenever image decoding changes, so features cached by an older decoder are not reused."""
 
 
@@ -110,16 +110,14 @@ def _read_cached(path: Path, key: dict[str, object], n_images: int) -> Features 
 
 
 def _find_undecodable(paths: list[str], size: tuple[int, int]) -> tuple[str, str] | None:
-    """Decode ``paths`` one at a time and return the first that fails, with TensorFlow's message."""
-    import tensorflow as tf
-
-    from kaggle_sf.data.images import decode_image
+    """Decode ``paths`` one at a time and return the first that fails, with the decoder's message."""
+    from kaggle_sf.data.images import ImageDecodeError, read_image
 
     for path in paths:
         try:
-            decode_image(tf.constant(path), size)
-        except tf.errors.OpError as error:
-            return path, error.message.strip().splitlines()[0]
+            read_image(path, size)
+        except ImageDecodeError as error:
+            return path, str(error)
     return None
 
 
@@ -158,12 +156,12 @@ def _write_features(backbone: BackboneConfig, images: pd.DataFrame, path: Path, 
                         written = end
                         progress.update(len(batch_values))
                         crash_point("features batch")
-                except tf.errors.InvalidArgumentError as error:
+                except tf.errors.OpError as error:
                     # The dataset keeps file order, so the failing file is at or after the next row to write.
                     found = _find_undecodable(images["path"].iloc[written:].tolist(), backbone.input_size)
-                    path_text, message = found if found else ("an image", error.message.strip().splitlines()[0])
-                    raise BadImageError(f"TensorFlow cannot decode {path_text} ({message}), although the image "
-                                        "check passed it; replace or delete the file and run again") from error
+                    if found is None:
+                        raise
+                    raise BadImageError(found[1]) from error
             if written != len(images):
                 raise RuntimeError(f"feature extraction wrote {written} of {len(images)} images")
 

@@ -60,6 +60,8 @@ def write_case(folder: Path, case: str) -> Path:
         frame.save(path, format="WEBP", lossless=True)
     elif case == "tiff":
         frame.save(path, format="TIFF")
+    elif case == "pcx":
+        frame.save(path, format="PCX")
     elif case == "grayscale":
         frame.convert("L").save(path, format="JPEG", quality=95)
     elif case == "cmyk":
@@ -85,7 +87,7 @@ BAD_CASES = {
     "header_only": "truncated or damaged image data",
     "text": "not an image file; it starts with b'not an image",
     "html": "not an image file; it starts with b'<!DOCTYPE html>",
-    "tiff": "TIFF image, which TensorFlow cannot decode; convert it to JPEG",
+    "pcx": "PCX image, which OpenCV cannot decode; convert it to JPEG",
 }
 DECODABLE_CASES = {
     "good": ("JPEG", "RGB", 64, 48),
@@ -94,6 +96,7 @@ DECODABLE_CASES = {
     "gif": ("GIF", "P", 64, 48),
     "bmp": ("BMP", "RGB", 64, 48),
     "webp": ("WEBP", "RGB", 64, 48),
+    "tiff": ("TIFF", "RGB", 64, 48),
     "grayscale": ("JPEG", "L", 64, 48),
     "cmyk": ("JPEG", "CMYK", 64, 48),
     "odd_641x479": ("JPEG", "RGB", 641, 479),
@@ -213,15 +216,13 @@ def test_non_image_file_in_class_folder_is_ignored(tiny_competition: Path, caplo
     assert ".DS_Store" not in caplog.text
 
 
-# --- The TensorFlow decoder ------------------------------------------------------------------------
+# --- The decoder ----------------------------------------------------------------------------------
 
 
 def _decode(path: Path, size: tuple[int, int]) -> np.ndarray:
-    import tensorflow as tf
+    from kaggle_sf.data.images import read_image
 
-    from kaggle_sf.data.images import decode_image
-
-    return decode_image(tf.constant(str(path)), size).numpy()
+    return read_image(str(path), size).astype(np.float32)
 
 
 def _reference(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -230,24 +231,55 @@ def _reference(path: Path, size: tuple[int, int]) -> np.ndarray:
 
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB"))
-    return resize_image(pixels, size).numpy()
+    return resize_image(pixels, size).astype(np.float32)
 
 
-def test_resize_averages_away_detail_finer_than_the_target():
-    import tensorflow as tf
+def _stripes(width: int) -> np.ndarray:
+    """A frame of one-pixel black and white columns: the finest detail a frame can hold."""
+    stripes = np.zeros((40, width, 3), np.uint8)
+    stripes[:, ::2] = 255
+    return stripes
+
+
+@pytest.mark.parametrize("width, target", [(320, 224), (640, 299), (100, 40)])
+def test_resize_averages_away_detail_finer_than_the_target(width: int, target: int):
+    import cv2
 
     from kaggle_sf.data.images import resize_image
 
-    # One-pixel stripes shrunk 2.5 times. Each output pixel averages 2.5 input columns, so it is at most
-    # half a column, 255 * 0.5 / 2.5 = 25.5 levels, away from the mean grey. Plain bilinear sampling
-    # interpolates between two neighbouring columns and keeps much of the stripes.
-    stripes = np.zeros((100, 100, 3), np.uint8)
-    stripes[:, ::2] = 255
-    shrunk = resize_image(stripes, (40, 40)).numpy()
-    assert shrunk.dtype == np.float32
-    assert np.abs(shrunk - 127.5).max() <= 25.5 + 1e-3
-    sampled = tf.image.resize(stripes, (40, 40), method="bilinear", antialias=False).numpy()
-    assert np.abs(sampled - 127.5).max() > 60
+    # The widths a 640x480 frame shrinks by at 224x224 (after the 1/2 DCT reduction) and at 299x299,
+    # and the largest shrink resized by supersampling alone. Plain bilinear sampling interpolates
+    # between two neighbouring columns, so it keeps at least half of the stripes' 127.5 amplitude.
+    shrunk = resize_image(_stripes(width), (40, target)).astype(np.float32)
+    sampled = cv2.resize(_stripes(width), (target, 40), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    assert shrunk.shape == (40, target, 3)
+    assert np.abs(sampled - 127.5).max() >= 63
+    assert np.abs(shrunk - 127.5).max() <= 0.55 * np.abs(sampled - 127.5).max()
+
+
+def test_resize_area_averages_a_large_shrink():
+    from kaggle_sf.data.images import resize_image
+
+    # 1000 columns to 100: the first step averages every 5 columns into one, which leaves a flat grey.
+    shrunk = resize_image(_stripes(1000), (40, 100)).astype(np.float32)
+    assert np.abs(shrunk - 127.5).max() <= 1.0
+
+
+def test_resize_keeps_a_ramp_in_place():
+    from kaggle_sf.data.images import resize_image
+
+    # Bilinear interpolation and 2x2 averaging both keep a linear ramp linear, so a result shifted by
+    # a fraction of a pixel would differ from the ramp sampled at the output pixel centres. In float32
+    # the two agree exactly; in uint8 OpenCV's rounding adds up to one level.
+    width, target, slope = 320, 224, 0.75
+    ramp = np.repeat((np.arange(width) * slope)[None, :, None], 240, axis=0).repeat(3, axis=2)
+    centres = ((np.arange(target) + 0.5) * width / target - 0.5) * slope
+    interior = slice(4, target - 4)
+
+    shrunk = resize_image(ramp.astype(np.float32), (224, target))
+    np.testing.assert_allclose(shrunk[100, interior, 0], centres[interior], atol=1e-3)
+    shrunk_uint8 = resize_image(np.rint(ramp).astype(np.uint8), (224, target)).astype(np.float32)
+    assert np.abs(shrunk_uint8[100, interior, 0] - centres[interior]).max() <= 1.0
 
 
 def test_resize_grows_a_small_frame_bilinearly():
@@ -256,9 +288,22 @@ def test_resize_grows_a_small_frame_bilinearly():
     from kaggle_sf.data.images import resize_image
 
     frame = np.random.default_rng(0).integers(0, 256, (15, 20, 3), dtype=np.uint8)
-    grown = resize_image(frame[None], (60, 80)).numpy()
-    assert grown.shape == (1, 60, 80, 3)
-    np.testing.assert_allclose(grown, tf.image.resize(frame[None], (60, 80), method="bilinear").numpy(), atol=1e-3)
+    grown = resize_image(frame, (60, 80))
+    assert grown.shape == (60, 80, 3)
+    assert grown.dtype == np.uint8
+    # OpenCV interpolates in fixed point and rounds to uint8, TensorFlow in float32.
+    expected = tf.image.resize(frame, (60, 80), method="bilinear").numpy()
+    np.testing.assert_allclose(grown.astype(np.float32), expected, atol=1.0)
+
+
+def test_resize_writes_into_a_given_frame():
+    from kaggle_sf.data.images import resize_image
+
+    batch = np.zeros((2, 30, 40, 3), np.uint8)
+    result = resize_image(np.full((60, 80, 3), 200, np.uint8), (30, 40), out=batch[1])
+    assert result is batch[1] or np.shares_memory(result, batch)
+    assert (batch[1] == 200).all()
+    assert (batch[0] == 0).all()
 
 
 @pytest.mark.parametrize("case", sorted(DECODABLE_CASES))
@@ -283,7 +328,53 @@ def test_grayscale_frame_becomes_three_equal_channels(tmp_path: Path):
     assert np.array_equal(decoded[..., 1], decoded[..., 2])
 
 
-def test_features_name_the_file_tensorflow_cannot_decode(tmp_path: Path):
+@pytest.mark.parametrize("case", ["good", "progressive", "odd_641x479", "portrait", "grayscale", "cmyk"])
+def test_jpeg_size_matches_pillow(tmp_path: Path, case: str):
+    from kaggle_sf.data.images import jpeg_size
+
+    path = write_case(tmp_path, case)
+    with Image.open(path) as image:
+        assert jpeg_size(path.read_bytes()) == (image.height, image.width)
+
+
+@pytest.mark.parametrize("case", ["png", "gif", "empty", "text"])
+def test_jpeg_size_is_none_without_a_frame_header(tmp_path: Path, case: str):
+    from kaggle_sf.data.images import jpeg_size
+
+    assert jpeg_size(write_case(tmp_path, case).read_bytes()) is None
+
+
+def test_dct_reduction_keeps_the_target_covered():
+    from kaggle_sf.data.images import dct_reduction
+
+    assert dct_reduction((480, 640), (224, 224)) == 2
+    assert dct_reduction((480, 640), (192, 256)) == 2
+    assert dct_reduction((480, 640), (299, 299)) == 1
+    assert dct_reduction((480, 640), (60, 80)) == 8
+    assert dct_reduction((60, 80), (224, 224)) == 1
+    assert dct_reduction(None, (32, 32)) == 1
+
+
+def test_reduced_decode_matches_a_full_decode(tmp_path: Path):
+    from kaggle_sf.data.images import read_image
+
+    # 641x479 is decoded at 1/2 for 224x224 and at full size for 239x320: the results agree closely.
+    path = write_case(tmp_path, "odd_641x479")
+    reduced = read_image(str(path), (224, 224)).astype(np.float32)
+    full = _reference(path, (224, 224))
+    assert np.abs(reduced - full).mean() < 2
+
+
+@pytest.mark.parametrize("case", ["truncated", "truncated_end_marker", "header_only", "empty", "text", "missing"])
+def test_decoder_names_the_file_it_cannot_decode(tmp_path: Path, case: str):
+    from kaggle_sf.data.images import ImageDecodeError, read_image
+
+    path = write_case(tmp_path, case)
+    with pytest.raises(ImageDecodeError, match=str(path)):
+        read_image(str(path), (32, 32))
+
+
+def test_features_name_the_file_opencv_cannot_decode(tmp_path: Path):
     from kaggle_sf.features import extract_features
 
     folder = tmp_path / "images"
@@ -292,7 +383,7 @@ def test_features_name_the_file_tensorflow_cannot_decode(tmp_path: Path):
     backbone = load_config(None, ["backbones.0.weights=none", "backbones.0.input_size=[32, 32]"]).backbones[0]
     assert isinstance(backbone, BackboneConfig)
 
-    with pytest.raises(BadImageError, match=rf"TensorFlow cannot decode {folder / 'truncated.jpg'} \("):
+    with pytest.raises(BadImageError, match=rf"OpenCV cannot decode {folder / 'truncated.jpg'}: "):
         extract_features(backbone, images, tmp_path / "cache", split="train", batch_size=2)
     assert list((tmp_path / "cache").glob("*.h5")) == []
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp-")] == []

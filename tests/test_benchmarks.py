@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Result, Timing, interleave, rate_result
-from benchmarks.input_pipeline import dct_ratio, run_input_pipeline
+from benchmarks.input_pipeline import run_input_pipeline
 from benchmarks.plain import plain_batches
 from kaggle_sf.data.augment import AugmentConfig
 
@@ -41,13 +41,6 @@ def test_rate_result_takes_median_ratio_of_rounds():
     assert result.settings["rate_per_cpu_second"] == 50.0
     assert result.settings["cpu_ratio"] == 5.0
     assert result.frames == 300
-
-
-def test_dct_ratio_matches_the_decoder_rule():
-    assert dct_ratio((480, 640), (224, 224)) == 2
-    assert dct_ratio((480, 640), (299, 299)) == 1
-    assert dct_ratio((480, 640), (60, 80)) == 8
-    assert dct_ratio((60, 80), (224, 224)) == 1
 
 
 def test_plain_batches_cover_every_frame_once(tiny_competition: Path):

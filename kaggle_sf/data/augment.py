@@ -77,15 +77,14 @@ def _warp_frames(images: np.ndarray, transforms: np.ndarray) -> np.ndarray:
 
 
 def random_affine(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Warp each frame of a (batch, height, width, 3) float batch by its own random affine transform."""
+    """Warp each frame of a (batch, height, width, 3) uint8 or float32 batch by its own random affine transform."""
     shape = tf.shape(images)
     height = tf.cast(shape[1], tf.float32)
     width = tf.cast(shape[2], tf.float32)
     transforms = _affine_matrices(shape[0], height, width, config, seed)
-    warped = tf.numpy_function(_warp_frames, [tf.cast(images, tf.float32), transforms], tf.float32,
-                               stateful=False)
+    warped = tf.numpy_function(_warp_frames, [images, transforms], images.dtype, stateful=False)
     warped.set_shape(images.shape)
-    return tf.cast(warped, images.dtype)
+    return warped
 
 
 def same_class_half_merge(images: tf.Tensor, labels: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:

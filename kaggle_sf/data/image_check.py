@@ -1,14 +1,14 @@
 """Image checks: find the frames that cannot be decoded before any model reads them.
 
 A damaged frame (a truncated or empty download, an HTML error page saved as ``.jpg``) would otherwise
-stop feature extraction half-way with a TensorFlow error that names no file. Each image is opened with
-Pillow and, for JPEGs, decoded at 1/8 scale through libjpeg's DCT scaling. A reduced decode still reads
-the whole entropy-coded stream, so it finds truncation where ``tf.io.decode_jpeg`` would. Checked with
-TensorFlow 2.21 and Pillow 13: both reject empty, truncated (even by only the last two bytes),
-header-only and non-image files, and both read the decodable cases of ``tests/test_bad_images.py``.
+stop feature extraction or training half-way. Each image is opened with Pillow and, for JPEGs, decoded
+at 1/8 scale through libjpeg's DCT scaling. A reduced decode still reads the whole entropy-coded
+stream, so it finds truncation where the pipeline's OpenCV decoder would. Checked with OpenCV 5.1 and
+Pillow 13: both reject empty, truncated (even by only the last two bytes), header-only and non-image
+files, and both read the decodable cases of ``tests/test_bad_images.py``.
 
-Decodable but unusual frames (grayscale or CMYK JPEGs, PNG, GIF, BMP or WebP data named ``.jpg``, other
-sizes) are kept: the tf.data decoder converts them to RGB at the model's input size. The check counts
+Decodable but unusual frames (grayscale or CMYK JPEGs, PNG, GIF, BMP, WebP or TIFF data named ``.jpg``,
+other sizes) are kept: the decoder converts them to RGB at the model's input size. The check counts
 them in one log line.
 
 Results are cached by the list of files with their sizes and modification times, so a re-run on the
@@ -35,11 +35,11 @@ from kaggle_sf.data.catalog import Catalog, CatalogError
 
 logger = logging.getLogger(__name__)
 
-CHECK_VERSION = "pillow-draft-v1"
+CHECK_VERSION = "pillow-draft-v2"
 """Changes whenever the check changes, so that results cached by an older check are not reused."""
 
-DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
-"""Formats that ``tf.io.decode_image`` reads (TensorFlow 2.21), whatever the file's extension."""
+DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+"""Pillow's names of the formats that OpenCV's ``imdecode`` reads (OpenCV 5.1), whatever the file's extension."""
 
 MAX_LISTED = 10
 """Bad images listed one per line in an error or warning; the rest are counted."""
@@ -72,7 +72,7 @@ def _first_bytes(path: Path) -> bytes:
 
 
 def check_image(path: Path) -> ImageReport:
-    """Open and decode one image file cheaply, and report whether TensorFlow's decoder can read it."""
+    """Open and decode one image file cheaply, and report whether the pipeline's decoder can read it."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -83,7 +83,7 @@ def check_image(path: Path) -> ImageReport:
             with Image.open(path) as image:
                 found = ImageReport(str(path), None, image.format or "", image.mode, *image.size)
                 if found.format not in DECODABLE_FORMATS:
-                    return ImageReport(str(path), f"{found.format} image, which TensorFlow cannot decode; "
+                    return ImageReport(str(path), f"{found.format} image, which OpenCV cannot decode; "
                                                   "convert it to JPEG", found.format, found.mode,
                                        found.width, found.height)
                 if found.format == "JPEG":

@@ -1,10 +1,9 @@
 """Frames for explanations: read from image files, resized to a backbone's input size.
 
-A JPEG goes through the same decoder as the feature cache (``kaggle_sf.data.images.decode_image``), so
-a model predicts exactly the probabilities it gave the frame in the run. Other formats and video frames
-are resized with the same antialiased resize (``kaggle_sf.data.images.resize_image``), without the JPEG
-decoder's reduced-size decode.
-TensorFlow is imported when a frame is first resized, so reading this module does not start it.
+Image files go through the same decoder as the feature cache and the training pipeline
+(``kaggle_sf.data.images.read_image``), so a model predicts exactly the probabilities it gave the frame
+in the run. Video frames are resized with the same antialiased resize
+(``kaggle_sf.data.images.resize_image``).
 """
 
 from __future__ import annotations
@@ -43,10 +42,13 @@ def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
 
 
 def resize_frames(frames: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize uint8 RGB frames of one size to (n, height, width, 3) float32 model input in [0, 255]."""
+    """Resize uint8 RGB frames to (n, height, width, 3) float32 model input in [0, 255]."""
     from kaggle_sf.data.images import resize_image
 
-    return resize_image(np.stack(list(frames)), size).numpy()
+    resized = np.empty((len(frames), *size, 3), dtype=np.uint8)
+    for index, frame in enumerate(frames):
+        resize_image(np.ascontiguousarray(frame), size, out=resized[index])
+    return resized.astype(np.float32)
 
 
 def model_inputs(paths: Sequence[Path], size: tuple[int, int]) -> np.ndarray:
@@ -55,20 +57,17 @@ def model_inputs(paths: Sequence[Path], size: tuple[int, int]) -> np.ndarray:
     Raises:
         FrameError: a file is missing or cannot be decoded.
     """
-    import tensorflow as tf
+    from kaggle_sf.data.images import ImageDecodeError, read_image
 
-    from kaggle_sf.data.images import decode_image
-
-    inputs = []
-    for path in map(Path, paths):
-        if path.suffix.lower() in JPEG_SUFFIXES and path.is_file():
-            try:
-                inputs.append(decode_image(tf.constant(str(path)), size).numpy())
-            except tf.errors.InvalidArgumentError as error:
-                raise FrameError(f"{path} could not be decoded as a JPEG: {error.message}") from error
-        else:
-            inputs.append(resize_frames([read_rgb(path)], size)[0])
-    return np.stack(inputs)
+    inputs = np.empty((len(paths), *size, 3), dtype=np.uint8)
+    for index, path in enumerate(map(Path, paths)):
+        if not path.is_file():
+            raise FrameError(f"image {path} not found")
+        try:
+            read_image(str(path), size, out=inputs[index])
+        except ImageDecodeError as error:
+            raise FrameError(str(error)) from error
+    return inputs.astype(np.float32)
 
 
 def image_files(paths: Sequence[Path]) -> list[Path]:

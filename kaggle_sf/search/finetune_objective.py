@@ -55,13 +55,11 @@ def sample_frames(frames: pd.DataFrame, n_frames: int, seed: int) -> pd.DataFram
         columns="rank")
 
 
-def decode_frames(paths: list[str], size: tuple[int, int], batch_size: int = 32) -> np.ndarray:
-    """Decode JPEGs at ``size`` (height, width) into one uint8 array, as ``image_dataset`` decodes them."""
-    from kaggle_sf.data.images import image_dataset
+def decode_frames(paths: list[str], size: tuple[int, int]) -> np.ndarray:
+    """Decode image files at ``size`` (height, width) into one uint8 array, as ``image_dataset`` decodes them."""
+    from kaggle_sf.data.images import read_images
 
-    batches = [np.clip(np.rint(batch.numpy()), 0, 255).astype(np.uint8)
-               for batch in image_dataset(paths, size, batch_size)]
-    return np.concatenate(batches)
+    return read_images(paths, size)
 
 
 def load_trial_frames(train: pd.DataFrame, validation: pd.DataFrame, backbone: BackboneConfig,
