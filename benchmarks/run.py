@@ -42,16 +42,18 @@ class Scale:
     head_fit_epochs: int
     head_fit_rounds: int
     cache_run_overrides: tuple[str, ...]
+    resize_quality_seeds: int
 
 
 FULL = Scale(pipeline_frames=384, pipeline_rounds=4, feature_frames=1171, feature_rounds=2, finetune_steps=12,
              finetune_rounds=3, memory_lowres_train_frames=0, search_trials=10, head_fit_epochs=10,
-             head_fit_rounds=2, cache_run_overrides=())
+             head_fit_rounds=2, cache_run_overrides=(), resize_quality_seeds=4)
 QUICK = Scale(pipeline_frames=192, pipeline_rounds=3, feature_frames=256, feature_rounds=2, finetune_steps=4,
               finetune_rounds=2, memory_lowres_train_frames=3000, search_trials=4, head_fit_epochs=5,
-              head_fit_rounds=1, cache_run_overrides=("train.head.max_epochs=20", "explain.enabled=false"))
+              head_fit_rounds=1, cache_run_overrides=("train.head.max_epochs=20", "explain.enabled=false"),
+              resize_quality_seeds=1)
 
-BENCHMARKS = ("input_pipeline", "features", "finetune", "caches", "memory", "search")
+BENCHMARKS = ("input_pipeline", "resize_quality", "features", "finetune", "caches", "memory", "search")
 
 
 def _benchmark(name: str, args: argparse.Namespace, scale: Scale) -> Callable[[], list[Result]]:
@@ -61,6 +63,10 @@ def _benchmark(name: str, args: argparse.Namespace, scale: Scale) -> Callable[[]
 
         return lambda: run_input_pipeline(args.data_dir, [(224, 224), (299, 299)], scale.pipeline_frames,
                                           scale.pipeline_rounds)
+    if name == "resize_quality":
+        from benchmarks.resize_quality import run_resize_quality
+
+        return lambda: run_resize_quality(args.data_dir, scale.resize_quality_seeds)
     if name == "features":
         from benchmarks.features import run_features
 

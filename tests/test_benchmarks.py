@@ -59,3 +59,17 @@ def test_input_pipeline_benchmark_runs_on_tiny_frames(tiny_competition: Path):
     for result in results:
         assert list(json.loads(result.to_json())) == ROW_KEYS
         assert result.value > 0
+
+
+def test_resize_quality_benchmark_runs_on_tiny_frames(tiny_competition: Path):
+    from benchmarks.resize_quality import run_resize_quality
+
+    results = run_resize_quality(tiny_competition, seeds=1, timed_frames=4, weights="none")
+    by_name = {result.name: result for result in results}
+    assert sorted(by_name) == ["resize_quality/opencv_area", "resize_quality/opencv_bilinear",
+                               "resize_quality/tensorflow_antialiased_bilinear", "resize_quality/toolkit"]
+    for result in results:
+        assert list(json.loads(result.to_json())) == ROW_KEYS
+        assert 0 < result.value < 10
+        assert result.settings["milliseconds_per_frame"] > 0
+    assert by_name["resize_quality/toolkit"].settings["difference_from_toolkit"] == [0.0]
