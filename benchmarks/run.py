@@ -45,7 +45,7 @@ class Scale:
     resize_quality_seeds: int
 
 
-FULL = Scale(pipeline_frames=384, pipeline_rounds=4, feature_frames=1171, feature_rounds=2, finetune_steps=12,
+FULL = Scale(pipeline_frames=1152, pipeline_rounds=4, feature_frames=1171, feature_rounds=2, finetune_steps=12,
              finetune_rounds=3, memory_lowres_train_frames=0, search_trials=10, head_fit_epochs=10,
              head_fit_rounds=2, cache_run_overrides=(), resize_quality_seeds=4)
 QUICK = Scale(pipeline_frames=192, pipeline_rounds=3, feature_frames=256, feature_rounds=2, finetune_steps=4,

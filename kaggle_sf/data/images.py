@@ -109,11 +109,15 @@ def resize_image(image: np.ndarray, size: tuple[int, int], out: np.ndarray | Non
 
     A frame that grows or keeps its size on both sides is interpolated bilinearly. A frame that
     shrinks on either side is resized bilinearly to twice the target and then averaged over 2x2
-    blocks, which OpenCV does with fixed-point SIMD code. On frames decoded from the full-resolution
-    State Farm JPEGs this 2x supersampling came closer to TensorFlow's antialiased bilinear filter than
-    area averaging did, at about half the CPU time of OpenCV's or TensorFlow's area resize (OpenCV 5.1,
-    TensorFlow 2.21, 2-core x86_64). A side that shrinks by more than ``MAX_SUPERSAMPLED_SHRINK`` is
-    first area-averaged to twice the target, so that the bilinear step never skips input pixels.
+    blocks, which OpenCV does with fixed-point SIMD code. A side that shrinks by more than
+    ``MAX_SUPERSAMPLED_SHRINK`` is first area-averaged to twice the target, so that the bilinear step
+    never skips input pixels.
+
+    The ``resize_quality`` benchmark compares filters on the full-resolution State Farm frames at
+    192x256 (OpenCV 5.1, TensorFlow 2.21, 2-core x86_64). This 2x supersampling took about half the
+    CPU time of OpenCV's area averaging and gave a lower out-of-fold log loss in every seed. Plain
+    bilinear sampling took a third of its time and gave a higher loss, and TensorFlow's antialiased
+    bilinear filter a slightly lower loss at five times its time. ``benchmarks/README.md`` has the numbers.
 
     Args:
         image: the frame, usually uint8 RGB.
