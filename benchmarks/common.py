@@ -199,3 +199,17 @@ def machine_result() -> Result:
                 "opencv": cv2.__version__, "pillow": PIL.__version__, "scipy": scipy.__version__}
     return Result(name="machine", value=float(os.cpu_count() or 1), unit="cores", ratio=None, frames=None,
                   seconds=0.0, settings=settings)
+
+
+def in_memory_batches(frames, labels, batch_size: int, seed: int = 1):
+    """Return endless shuffled float32 training batches of uint8 ``frames`` held in memory.
+
+    The frames become one tensor once, so each ``fit`` on the dataset pays only for shuffling and
+    batching. ``model.fit`` on the NumPy array itself would copy the whole array into a new dataset on
+    every call.
+    """
+    import tensorflow as tf
+
+    return (tf.data.Dataset.from_tensor_slices((frames, labels)).shuffle(len(frames), seed=seed).repeat()
+            .batch(batch_size).map(lambda images, batch_labels: (tf.cast(images, tf.float32), batch_labels))
+            .prefetch(tf.data.AUTOTUNE))

@@ -8,7 +8,8 @@ frames:
 - ``pipeline_augment``: ``image_dataset`` with labels, shuffling and ``make_batch_augmenter(AugmentConfig())``,
   as ``kaggle_sf.finetune`` feeds an epoch;
 - ``pipeline``: the same without augmentation;
-- ``in_memory``: ``model.fit`` on the frames decoded beforehand into a float32 array.
+- ``in_memory``: the same steps on frames decoded beforehand and held in memory
+  (``benchmarks.common.in_memory_batches``).
 
 The ratios show what decoding and augmenting cost a training step when they share the CPU with it.
 """
@@ -18,9 +19,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.common import Result, interleave, rate_result, sample_train_frames
+from benchmarks.common import Result, in_memory_batches, interleave, rate_result, sample_train_frames
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def run_finetune(data_dir: Path, steps: int, rounds: int) -> list[Result]:
     model = build_classifier(backbone, dropout=finetune.dropout, freeze_batch_norm=finetune.batch_norm == "frozen")
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    in_memory = decode_frames(paths, SIZE).astype(np.float32)
+    in_memory = in_memory_batches(decode_frames(paths, SIZE), labels, BATCH_SIZE)
     augmenter = make_batch_augmenter(AugmentConfig())
 
     def pipeline_fit(augment: bool):
@@ -66,15 +65,14 @@ def run_finetune(data_dir: Path, steps: int, rounds: int) -> list[Result]:
 
         def fit(round_number: int) -> int:
             n_steps = WARM_UP_STEPS if round_number < 0 else steps
-            model.fit(dataset, epochs=1, steps_per_epoch=n_steps, verbose=0)
+            model.fit(dataset, epochs=1, steps_per_epoch=n_steps, shuffle=False, verbose=0)
             return n_steps * BATCH_SIZE
         return fit
 
     def memory_fit(round_number: int) -> int:
-        n_frames = WARM_UP_STEPS * BATCH_SIZE if round_number < 0 else len(in_memory)
-        model.fit(in_memory[:n_frames], labels[:n_frames], batch_size=BATCH_SIZE, epochs=1, shuffle=True,
-                  verbose=0)
-        return n_frames
+        n_steps = WARM_UP_STEPS if round_number < 0 else steps
+        model.fit(in_memory, epochs=1, steps_per_epoch=n_steps, shuffle=False, verbose=0)
+        return n_steps * BATCH_SIZE
 
     variants = {"pipeline_augment": pipeline_fit(augment=True), "pipeline": pipeline_fit(augment=False),
                 "in_memory": memory_fit}

@@ -22,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.common import Result, machine_result  # noqa: E402
+from benchmarks.gpu import NoGpuError  # noqa: E402
 
 logger = logging.getLogger("benchmarks")
 
@@ -43,17 +44,21 @@ class Scale:
     head_fit_rounds: int
     cache_run_overrides: tuple[str, ...]
     resize_quality_seeds: int
+    gpu_steps: int
+    gpu_rounds: int
 
 
 FULL = Scale(pipeline_frames=1152, pipeline_rounds=4, feature_frames=1171, feature_rounds=2, finetune_steps=12,
              finetune_rounds=3, memory_lowres_train_frames=0, search_trials=10, head_fit_epochs=10,
-             head_fit_rounds=2, cache_run_overrides=(), resize_quality_seeds=4)
+             head_fit_rounds=2, cache_run_overrides=(), resize_quality_seeds=4, gpu_steps=20, gpu_rounds=3)
 QUICK = Scale(pipeline_frames=192, pipeline_rounds=3, feature_frames=256, feature_rounds=2, finetune_steps=4,
               finetune_rounds=2, memory_lowres_train_frames=3000, search_trials=4, head_fit_epochs=5,
               head_fit_rounds=1, cache_run_overrides=("train.head.max_epochs=20", "explain.enabled=false"),
-              resize_quality_seeds=1)
+              resize_quality_seeds=1, gpu_steps=5, gpu_rounds=2)
 
-BENCHMARKS = ("input_pipeline", "resize_quality", "features", "finetune", "caches", "memory", "search")
+DEFAULT_BENCHMARKS = ("input_pipeline", "resize_quality", "features", "finetune", "caches", "memory", "search")
+BENCHMARKS = (*DEFAULT_BENCHMARKS, "gpu")
+"""Every benchmark; ``gpu`` needs a GPU and runs only when named with ``--only``."""
 
 
 def _benchmark(name: str, args: argparse.Namespace, scale: Scale) -> Callable[[], list[Result]]:
@@ -91,6 +96,10 @@ def _benchmark(name: str, args: argparse.Namespace, scale: Scale) -> Callable[[]
 
         return lambda: run_search(args.data_dir, args.work_dir, scale.search_trials, scale.head_fit_epochs,
                                   scale.head_fit_rounds)
+    if name == "gpu":
+        from benchmarks.gpu import run_gpu
+
+        return lambda: run_gpu(args.data_dir, scale.gpu_steps, scale.gpu_rounds)
     raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
 
 
@@ -105,8 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder for caches, MLflow stores and runs of the main job (default: a new "
                              "temporary folder)")
     parser.add_argument("--quick", action="store_true", help="smaller samples and fewer rounds")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
-                        help=f"run these benchmarks only: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(DEFAULT_BENCHMARKS), metavar="NAME",
+                        help=f"run these benchmarks only: {', '.join(BENCHMARKS)} (default: all but gpu)")
     parser.add_argument("--output", type=Path, default=None, help="also append the JSON lines to this file")
     return parser.parse_args(argv)
 
@@ -132,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only:
         started = time.monotonic()
         logger.info("Benchmark %s (%s)", name, "quick" if args.quick else "full")
-        for result in _benchmark(name, args, scale)():
+        try:
+            results = _benchmark(name, args, scale)()
+        except NoGpuError as error:
+            logger.error("Benchmark %s: %s", name, error)
+            return 2
+        for result in results:
             emit(result)
         logger.info("Benchmark %s finished in %.0f s", name, time.monotonic() - started)
     return 0

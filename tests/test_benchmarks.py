@@ -1,9 +1,11 @@
 """The benchmark code runs on a tiny input and prints well-formed rows; no number is checked here."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmarks.common import Result, Timing, interleave, rate_result
 from benchmarks.input_pipeline import run_input_pipeline
@@ -73,3 +75,28 @@ def test_resize_quality_benchmark_runs_on_tiny_frames(tiny_competition: Path):
         assert 0 < result.value < 10
         assert result.settings["milliseconds_per_frame"] > 0
     assert by_name["resize_quality/toolkit"].settings["difference_from_toolkit"] == [0.0]
+
+
+def test_gpu_benchmark_runs_on_the_cpu_when_allowed(tiny_competition: Path):
+    from benchmarks.gpu import run_gpu
+
+    results = run_gpu(tiny_competition, steps=1, rounds=1, backbone_name="mobilenet", size=(32, 32), batch_size=4,
+                      require_gpu=False)
+    by_name = {result.name: result for result in results}
+    assert sorted(by_name) == ["gpu/float32_in_memory", "gpu/float32_pipeline", "gpu/mixed_in_memory",
+                               "gpu/mixed_pipeline"]
+    for result in results:
+        assert list(json.loads(result.to_json())) == ROW_KEYS
+        assert result.value > 0
+        assert result.frames == 4
+    assert by_name["gpu/mixed_in_memory"].settings["ratio_of"] == "mixed_in_memory / float32_in_memory"
+
+
+def test_gpu_benchmark_without_a_gpu_fails_clearly(tiny_competition: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture):
+    from benchmarks.run import main
+
+    with caplog.at_level(logging.ERROR, logger="benchmarks"):
+        code = main(["--data-dir", str(tiny_competition), "--only", "gpu", "--work-dir", str(tmp_path / "work")])
+    assert code == 2
+    assert "Benchmark gpu: TensorFlow sees no GPU on this machine" in caplog.text
