@@ -68,14 +68,15 @@ def _compile(model, learning_rate: float, config: FinetuneConfig) -> None:
 
 def predict_images(model, table: pd.DataFrame, size: tuple[int, int], batch_size: int) -> pd.DataFrame:
     """Predict class probabilities for the frames of ``table`` (``img, path``), ids carried per batch."""
-    from kaggle_sf.data.images import image_dataset
+    from kaggle_sf.data.images import decode_errors_named, image_dataset
 
     dataset = image_dataset(table["path"], size, batch_size, ids=table["img"])
     ids: list[str] = []
     probabilities = []
-    for images, batch_ids in dataset:
-        probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
-        ids.extend(i.decode() for i in batch_ids.numpy())
+    with decode_errors_named():
+        for images, batch_ids in dataset:
+            probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
+            ids.extend(i.decode() for i in batch_ids.numpy())
     return prediction_table(ids, np.concatenate(probabilities))
 
 
@@ -115,6 +116,7 @@ def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, vali
     """
     import keras
 
+    from kaggle_sf.data.images import decode_errors_named
     from kaggle_sf.models.classifier import build_classifier, load_classifier, set_backbone_trainable
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,8 +152,9 @@ def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, vali
             epoch_seed = seed * 1000 + phase_index * 100 + epoch
             dataset, steps = _epoch_dataset(train, backbone, config, epoch_seed)
             started = time.monotonic()
-            fitted = model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0,
-                               callbacks=callbacks)
+            with decode_errors_named():
+                fitted = model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0,
+                                   callbacks=callbacks)
             seconds = time.monotonic() - started
             predictions = predict_images(model, validation, backbone.input_size, config.batch_size)
             probabilities = predictions.set_index("img").reindex(validation["img"]).to_numpy()

@@ -68,13 +68,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from kaggle_sf.data.catalog import CatalogError
     from kaggle_sf.data.fetch import ArchiveError, DataDirNotEmptyError
     from kaggle_sf.data.folds import FoldsError
+    from kaggle_sf.data.images import ImageDecodeError
     from kaggle_sf.kaggle_client import KaggleError
     from kaggle_sf.search.studies import SearchError
     from kaggle_sf.submission import SubmissionError
     from kaggle_sf.train import TrainingError
 
     errors: list[type[BaseException]] = [ConfigError, CatalogError, ArchiveError, DataDirNotEmptyError, FoldsError,
-                                         KaggleError, OutputPathError, SearchError, SubmissionError, TrainingError]
+                                         ImageDecodeError, KaggleError, OutputPathError, SearchError, SubmissionError,
+                                         TrainingError]
     # The backbone registry imports Keras: look for its error only when the run already loaded it.
     backbones = sys.modules.get("kaggle_sf.models.backbones")
     if backbones is not None:

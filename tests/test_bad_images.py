@@ -374,6 +374,64 @@ def test_decoder_names_the_file_it_cannot_decode(tmp_path: Path, case: str):
         read_image(str(path), (32, 32))
 
 
+def test_jpeg_size_skips_a_start_of_frame_hidden_in_junk(tmp_path: Path):
+    from kaggle_sf.data.images import jpeg_size
+
+    # libjpeg skips "FF 00" and the junk after it, so the 4000x4000 start-of-frame below lies inside
+    # the APP1 segment that follows, and the real 64x48 frame header is the one it reads.
+    real = write_case(tmp_path, "good").read_bytes()
+    hidden = (b"\xff\x00\x00\x06" + b"\xff\xe1\x00\x10" + b"\xff\xc0\x00\x11\x08"
+              + (4000).to_bytes(2, "big") * 2 + b"\0" * 5)
+    assert jpeg_size(real[:2] + hidden + real[2:]) == (48, 64)
+
+
+def test_decoder_decodes_in_full_when_the_header_size_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from kaggle_sf.data import images
+
+    path = write_case(tmp_path, "good")
+    monkeypatch.setattr(images, "jpeg_size", lambda data: (4000, 4000))
+    decoded = images.decode_image(path.read_bytes(), (32, 32))
+    assert decoded.shape == (48, 64, 3)
+
+
+def test_decoder_names_the_file_opencv_raises_on(tmp_path: Path):
+    from kaggle_sf.data.images import ImageDecodeError, read_image
+
+    # OpenCV raises, instead of returning nothing, for a side over 2**20 pixels.
+    path = tmp_path / "wide.jpg"
+    Image.new("L", (1_100_000, 1), 100).save(path, format="BMP")
+    with pytest.raises(ImageDecodeError, match=rf"{path}: OpenCV cannot decode it: .*width"):
+        read_image(str(path), (32, 32))
+
+
+def test_check_rejects_a_png_that_pillow_reads_but_opencv_cannot(tmp_path: Path):
+    # Pillow does not verify the end of a PNG, so a download cut short by a few bytes opens in Pillow.
+    whole = write_case(tmp_path, "png").read_bytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(whole[:-20])
+    report = check_image(path)
+    assert report.problem is not None
+    assert report.problem.startswith("truncated or damaged image data (OpenCV cannot decode it")
+
+
+def test_check_accepts_a_multi_picture_jpeg(tmp_path: Path):
+    path = tmp_path / "mpo.jpg"
+    gradient(64, 48).save(path, format="MPO", save_all=True, append_images=[gradient(64, 48)])
+    report = check_image(path)
+    assert report.problem is None
+    assert (report.format, report.width, report.height) == ("MPO", 64, 48)
+
+
+def test_decode_errors_in_a_dataset_name_the_file(tmp_path: Path):
+    from kaggle_sf.data.images import ImageDecodeError, decode_errors_named, image_dataset
+
+    paths = [str(write_case(tmp_path, "good")), str(write_case(tmp_path, "truncated"))]
+    with pytest.raises(ImageDecodeError, match=rf"{tmp_path / 'truncated.jpg'}: OpenCV cannot decode it"):
+        with decode_errors_named():
+            for _ in image_dataset(paths, (32, 32), 1):
+                pass
+
+
 def test_features_name_the_file_opencv_cannot_decode(tmp_path: Path):
     from kaggle_sf.features import extract_features
 
@@ -383,7 +441,7 @@ def test_features_name_the_file_opencv_cannot_decode(tmp_path: Path):
     backbone = load_config(None, ["backbones.0.weights=none", "backbones.0.input_size=[32, 32]"]).backbones[0]
     assert isinstance(backbone, BackboneConfig)
 
-    with pytest.raises(BadImageError, match=rf"OpenCV cannot decode {folder / 'truncated.jpg'}: "):
+    with pytest.raises(BadImageError, match=rf"{folder / 'truncated.jpg'}: OpenCV cannot decode it"):
         extract_features(backbone, images, tmp_path / "cache", split="train", batch_size=2)
     assert list((tmp_path / "cache").glob("*.h5")) == []
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp-")] == []

@@ -1,11 +1,11 @@
 """Image checks: find the frames that cannot be decoded before any model reads them.
 
 A damaged frame (a truncated or empty download, an HTML error page saved as ``.jpg``) would otherwise
-stop feature extraction or training half-way. Each image is opened with Pillow and, for JPEGs, decoded
-at 1/8 scale through libjpeg's DCT scaling. A reduced decode still reads the whole entropy-coded
-stream, so it finds truncation where the pipeline's OpenCV decoder would. Checked with OpenCV 5.1 and
-Pillow 13: both reject empty, truncated (even by only the last two bytes), header-only and non-image
-files, and both read the decodable cases of ``tests/test_bad_images.py``.
+stop feature extraction or training half-way. Each image is decoded by the pipeline's own decoder,
+OpenCV through ``kaggle_sf.data.images.decode_image``, at the smallest size it offers: a JPEG at 1/8
+scale through libjpeg's DCT scaling, which still reads the whole entropy-coded stream and so finds
+truncation. A file passes exactly when the pipeline can decode it. Pillow reads only the header, for
+the summary and for the reason a file fails.
 
 Decodable but unusual frames (grayscale or CMYK JPEGs, PNG, GIF, BMP, WebP or TIFF data named ``.jpg``,
 other sizes) are kept: the decoder converts them to RGB at the model's input size. The check counts
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -35,11 +36,13 @@ from kaggle_sf.data.catalog import Catalog, CatalogError
 
 logger = logging.getLogger(__name__)
 
-CHECK_VERSION = "pillow-draft-v2"
+CHECK_VERSION = "opencv-decode-v3"
 """Changes whenever the check changes, so that results cached by an older check are not reused."""
 
-DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
-"""Pillow's names of the formats that OpenCV's ``imdecode`` reads (OpenCV 5.1), whatever the file's extension."""
+DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "JPEG2000", "PPM")
+"""Pillow's names of formats that OpenCV's ``imdecode`` reads (OpenCV 5.1), whatever the file's extension.
+
+A file of another format that fails to decode is reported as a format to convert, not as damaged."""
 
 MAX_LISTED = 10
 """Bad images listed one per line in an error or warning; the rest are counted."""
@@ -66,38 +69,59 @@ class ImageReport:
 # --- One image -----------------------------------------------------------------------------------
 
 
-def _first_bytes(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(16)
+def _identify(path: Path, data: bytes) -> tuple[ImageReport, str | None]:
+    """Read the format, colour mode and size from the header with Pillow, without decoding the pixels.
+
+    Returns the report and, when Pillow cannot read the header, its reason; a file too large to decode
+    safely comes back as a report with a problem.
+    """
+    with warnings.catch_warnings():
+        # A decompression-bomb warning is not a reason to reject a file; the error above its limit is.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return ImageReport(str(path), None, image.format or "", image.mode, *image.size), None
+        except Image.DecompressionBombError as error:
+            return ImageReport(str(path), f"too large to decode safely ({error}); resize it to the size of the "
+                                          "other frames"), None
+        except Image.UnidentifiedImageError:
+            return ImageReport(str(path), None), f"not an image file; it starts with {data[:16]!r}"
+        except (OSError, SyntaxError, ValueError) as error:
+            # Pillow raises OSError for truncated data and SyntaxError or ValueError for broken headers.
+            return ImageReport(str(path), None), f"truncated or damaged image data ({error})"
 
 
 def check_image(path: Path) -> ImageReport:
-    """Open and decode one image file cheaply, and report whether the pipeline's decoder can read it."""
+    """Decode one image file as the pipeline does, at the smallest size, and report why it fails if it does.
+
+    OpenCV decodes the file through ``kaggle_sf.data.images.decode_image``, a JPEG at 1/8 scale, so a
+    file passes exactly when the pipeline can decode it. Pillow only reads the header, for the format,
+    colour mode and size that the summary reports and for the reason a file fails.
+    """
+    from kaggle_sf.data.images import ImageDecodeError, decode_image
+
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            return ImageReport(str(path), "empty file (0 bytes)")
-        with warnings.catch_warnings():
-            # A decompression-bomb warning is not a reason to reject a file; the error above its limit is.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                found = ImageReport(str(path), None, image.format or "", image.mode, *image.size)
-                if found.format not in DECODABLE_FORMATS:
-                    return ImageReport(str(path), f"{found.format} image, which OpenCV cannot decode; "
-                                                  "convert it to JPEG", found.format, found.mode,
-                                       found.width, found.height)
-                if found.format == "JPEG":
-                    image.draft("RGB", (max(1, found.width // 8), max(1, found.height // 8)))
-                image.load()
+        data = path.read_bytes()
     except FileNotFoundError:
         return ImageReport(str(path), "file not found; it was deleted or moved after the catalog was read")
-    except Image.UnidentifiedImageError:
-        return ImageReport(str(path), f"not an image file; it starts with {_first_bytes(path)!r}")
-    except Image.DecompressionBombError as error:
-        return ImageReport(str(path), f"too large to decode safely ({error})")
-    except (OSError, SyntaxError, ValueError) as error:
-        # Pillow raises OSError for truncated data and SyntaxError or ValueError for broken headers.
-        return ImageReport(str(path), f"truncated or damaged image data ({error})")
+    if not data:
+        return ImageReport(str(path), "empty file (0 bytes)")
+
+    found, header_problem = _identify(path, data)
+    if found.problem is not None:
+        return found
+    try:
+        decoded = decode_image(data, (1, 1), name=str(path))
+    except ImageDecodeError as error:
+        if header_problem is not None:
+            return replace(found, problem=header_problem)
+        if found.format not in DECODABLE_FORMATS:
+            return replace(found, problem=f"{found.format} image, which OpenCV cannot decode; convert it to JPEG")
+        return replace(found, problem=f"truncated or damaged image data ({error.reason})")
+    if header_problem is not None:
+        # OpenCV reads data that Pillow does not: report the decoded size.
+        return replace(found, format="unknown", mode="RGB", width=decoded.shape[1], height=decoded.shape[0])
     return found
 
 

@@ -17,7 +17,9 @@ backbone happens inside the model. Files that cannot be decoded are found before
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 
 import cv2
@@ -46,25 +48,36 @@ _START_OF_SCAN = 0xDA
 class ImageDecodeError(ValueError):
     """An image file is missing or its contents cannot be decoded."""
 
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        # What failed, without the file name and the fix, for the image check's list of bad files.
+        self.reason = reason or message
+
 
 # --- One frame -------------------------------------------------------------------------------------
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Return the (height, width) in a JPEG's start-of-frame header, or None for data that is not a JPEG."""
+    """Return the (height, width) in a JPEG's start-of-frame header, or None for data that is not a JPEG.
+
+    Markers are found as libjpeg finds them: bytes between segments that are not a marker, and ``FF 00``
+    pairs, are skipped, so a start-of-frame hidden in such bytes is not taken for the real one.
+    """
     if data[:2] != b"\xff\xd8":
         return None
     position = 2
     while position + 4 <= len(data):
         if data[position] != 0xFF:
-            return None
+            # Junk between segments, which libjpeg skips with a warning.
+            position += 1
+            continue
         marker = data[position + 1]
         if marker == 0xFF:
             # A fill byte before the marker.
             position += 1
             continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-            # Markers without a length field.
+        if marker == 0x00 or marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            # A stuffed zero or a marker without a length field.
             position += 2
             continue
         if marker in _SOF_MARKERS:
@@ -88,6 +101,20 @@ def dct_reduction(frame_size: tuple[int, int] | None, size: tuple[int, int]) -> 
     return 1
 
 
+def _imdecode(data: bytes, ratio: int, name: str) -> np.ndarray:
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), READ_FLAGS[ratio]) if data else None
+    except cv2.error as error:
+        # OpenCV raises rather than returning None for sizes beyond its limits (2**20 pixels a side).
+        reason = f"OpenCV cannot decode it: {str(error).strip().splitlines()[-1]}"
+        raise ImageDecodeError(f"{name}: {reason}; replace the file with a JPEG the size of the other frames",
+                               reason) from error
+    if image is None:
+        reason = "OpenCV cannot decode it: the data is empty, truncated or not an image"
+        raise ImageDecodeError(f"{name}: {reason}; replace or delete the file and run again", reason)
+    return image
+
+
 def decode_image(data: bytes, size: tuple[int, int], name: str = "image") -> np.ndarray:
     """Decode image file contents to a uint8 RGB array, at a DCT reduction chosen for ``size`` if a JPEG.
 
@@ -97,11 +124,28 @@ def decode_image(data: bytes, size: tuple[int, int], name: str = "image") -> np.
         ImageDecodeError: the contents are empty, truncated or not an image; ``name`` appears in the message.
     """
     ratio = dct_reduction(jpeg_size(data), size)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), READ_FLAGS[ratio]) if data else None
-    if image is None:
-        raise ImageDecodeError(f"OpenCV cannot decode {name}: the data is empty, truncated or not an image; "
-                               "replace or delete the file and run again")
+    image = _imdecode(data, ratio, name)
+    if ratio > 1 and (image.shape[0] < size[0] or image.shape[1] < size[1]):
+        # The header's size was not the image's: decode again without a reduction.
+        image = _imdecode(data, 1, name)
     return image
+
+
+@contextmanager
+def decode_errors_named() -> Iterator[None]:
+    """Re-raise a decode failure inside a tf.data pipeline as the ``ImageDecodeError`` that names the file.
+
+    ``tf.numpy_function`` turns the error into a TensorFlow error whose message wraps the original one.
+    """
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.OpError as error:
+        found = re.search(r"ImageDecodeError: (.+)", error.message or "")
+        if found is None:
+            raise
+        raise ImageDecodeError(found.group(1).strip()) from error
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
@@ -158,7 +202,7 @@ def read_image(path: str, size: tuple[int, int], out: np.ndarray | None = None) 
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
-        raise ImageDecodeError(f"cannot read image {path}: {error.strerror}") from error
+        raise ImageDecodeError(f"cannot read image {path}: {error.strerror}", error.strerror) from error
     return resize_image(decode_image(data, size, name=str(path)), size, out=out)
 
 

@@ -31,14 +31,18 @@ def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FrameError(f"image {path} not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # EXIF orientation is ignored, as the model's decoder ignores it, so a heatmap lines up with the frame.
+    try:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as error:
+        raise FrameError(f"{path} could not be decoded: {str(error).strip().splitlines()[-1]}") from error
     if image is None:
         raise FrameError(f"{path} could not be decoded as an image; give a JPEG, PNG or BMP file")
     if max_side is not None and max(image.shape[:2]) > max_side:
         scale = max_side / max(image.shape[:2])
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(image[..., ::-1])
+    return image
 
 
 def resize_frames(frames: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int]) -> np.ndarray:
