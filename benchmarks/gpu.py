@@ -30,7 +30,7 @@ WARM_UP_STEPS = 2
 
 
 class NoGpuError(RuntimeError):
-    """The GPU benchmark was asked for on a machine where TensorFlow sees no GPU."""
+    """The GPU benchmark was requested on a machine where TensorFlow finds no GPU."""
 
 
 def _build_model(backbone, policy: str):
@@ -64,7 +64,7 @@ def run_gpu(data_dir: Path, steps: int, rounds: int, *, backbone_name: str = "re
         steps: training steps per variant and round; the frames are ``steps * batch_size`` training frames.
         rounds: rounds of each variant.
         backbone_name, size, batch_size, weights: the network, its input size, the batch and its weights.
-        require_gpu: raise ``NoGpuError`` when TensorFlow sees no GPU; False runs on the CPU, for a
+        require_gpu: raise ``NoGpuError`` when TensorFlow finds no GPU; False runs on the CPU, for a
             test of this code only.
     """
     import tensorflow as tf
@@ -75,7 +75,7 @@ def run_gpu(data_dir: Path, steps: int, rounds: int, *, backbone_name: str = "re
 
     gpus = tf.config.list_physical_devices("GPU")
     if require_gpu and not gpus:
-        raise NoGpuError("TensorFlow sees no GPU on this machine, so the gpu benchmark has nothing to measure; "
+        raise NoGpuError("TensorFlow finds no GPU on this machine, so the gpu benchmark has nothing to measure; "
                          "run it where nvidia-smi lists a GPU and TensorFlow was installed with CUDA support")
 
     backbone = BackboneConfig(name=backbone_name, input_size=size, weights=weights)

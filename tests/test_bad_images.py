@@ -374,7 +374,7 @@ def test_decoder_names_the_file_it_cannot_decode(tmp_path: Path, case: str):
         read_image(str(path), (32, 32))
 
 
-def test_jpeg_size_skips_a_start_of_frame_hidden_in_junk(tmp_path: Path):
+def test_jpeg_size_skips_junk_bytes(tmp_path: Path):
     from kaggle_sf.data.images import jpeg_size
 
     # libjpeg skips "FF 00" and the junk after it, so the 4000x4000 start-of-frame below lies inside
@@ -385,7 +385,7 @@ def test_jpeg_size_skips_a_start_of_frame_hidden_in_junk(tmp_path: Path):
     assert jpeg_size(real[:2] + hidden + real[2:]) == (48, 64)
 
 
-def test_decoder_decodes_in_full_when_the_header_size_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_decoder_handles_a_wrong_header_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from kaggle_sf.data import images
 
     path = write_case(tmp_path, "good")
@@ -404,7 +404,7 @@ def test_decoder_names_the_file_opencv_raises_on(tmp_path: Path):
         read_image(str(path), (32, 32))
 
 
-def test_check_rejects_a_png_that_pillow_reads_but_opencv_cannot(tmp_path: Path):
+def test_check_rejects_a_cut_png(tmp_path: Path):
     # Pillow does not verify the end of a PNG, so a download cut short by a few bytes opens in Pillow.
     whole = write_case(tmp_path, "png").read_bytes()
     path = tmp_path / "cut.jpg"

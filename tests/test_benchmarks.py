@@ -99,4 +99,4 @@ def test_gpu_benchmark_without_a_gpu_fails_clearly(tiny_competition: Path, tmp_p
     with caplog.at_level(logging.ERROR, logger="benchmarks"):
         code = main(["--data-dir", str(tiny_competition), "--only", "gpu", "--work-dir", str(tmp_path / "work")])
     assert code == 2
-    assert "Benchmark gpu: TensorFlow sees no GPU on this machine" in caplog.text
+    assert "Benchmark gpu: TensorFlow finds no GPU on this machine" in caplog.text

@@ -72,8 +72,8 @@ class ImageReport:
 def _identify(path: Path, data: bytes) -> tuple[ImageReport, str | None]:
     """Read the format, colour mode and size from the header with Pillow, without decoding the pixels.
 
-    Returns the report and, when Pillow cannot read the header, its reason; a file too large to decode
-    safely comes back as a report with a problem.
+    Returns the report and the reason Pillow cannot read the header, or None when it can. A file too
+    large to decode safely comes back as a report with a problem.
     """
     with warnings.catch_warnings():
         # A decompression-bomb warning is not a reason to reject a file; the error above its limit is.
