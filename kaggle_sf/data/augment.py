@@ -11,9 +11,9 @@ Two kinds, with their random draws made for the whole batch at once:
 
 The random draws are stateless TensorFlow ops, so a seed gives the same augmentation in any process.
 The pixels are moved by OpenCV and NumPy inside ``tf.numpy_function``, on the uint8 batches that
-``image_dataset`` decodes. On a batch of 224x224 frames
-the warp took a quarter and the half merge a fifth of the CPU time of TensorFlow's
-``ImageProjectiveTransformV3`` and a masked ``tf.where`` (TensorFlow 2.21, OpenCV 5.1, 2-core x86_64).
+``image_dataset`` decodes. On a batch of 224x224 frames the warp took a quarter and the half merge a
+fifth of the CPU time of TensorFlow's ``ImageProjectiveTransformV3`` and a masked ``tf.where``
+(TensorFlow 2.21, OpenCV 5.1, 2-core x86_64).
 OpenCV releases the GIL while it warps, so tf.data's parallel calls overlap.
 """
 
