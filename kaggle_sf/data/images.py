@@ -160,8 +160,9 @@ def resize_image(image: np.ndarray, size: tuple[int, int], out: np.ndarray | Non
     The ``resize_quality`` benchmark compares filters on the full-resolution State Farm frames at
     192x256 (OpenCV 5.1, TensorFlow 2.21, 2-core x86_64). This 2x supersampling took about half the
     CPU time of OpenCV's area averaging and gave a lower out-of-fold log loss in every seed. Plain
-    bilinear sampling took a third of its time and gave a higher loss, and TensorFlow's antialiased
-    bilinear filter a slightly lower loss at five times its time. ``benchmarks/README.md`` has the numbers.
+    bilinear sampling took a third to a half of its time and gave a higher loss. TensorFlow's
+    antialiased bilinear filter gave a slightly lower loss at five to six times its time.
+    ``benchmarks/README.md`` has the numbers.
 
     Args:
         image: the frame, usually uint8 RGB.
