@@ -213,3 +213,23 @@ def in_memory_batches(frames, labels, batch_size: int, seed: int = 1):
     return (tf.data.Dataset.from_tensor_slices((frames, labels)).shuffle(len(frames), seed=seed).repeat()
             .batch(batch_size).map(lambda images, batch_labels: (tf.cast(images, tf.float32), batch_labels))
             .prefetch(tf.data.AUTOTUNE))
+
+
+WARM_UP_STEPS = 2
+"""Training steps of the warm-up call of a ``steps_fitter`` round function, which traces the step."""
+
+
+def steps_fitter(model, dataset, steps: int, batch_size: int) -> Callable[[int], int]:
+    """Return an ``interleave`` round function that trains ``model`` for ``steps`` steps of ``dataset``.
+
+    The warm-up round (a negative round number) takes ``WARM_UP_STEPS`` steps. The function returns the
+    number of images trained on.
+    """
+
+    def fit(round_number: int) -> int:
+        n_steps = WARM_UP_STEPS if round_number < 0 else steps
+        # The datasets shuffle themselves; Keras' shuffle applies to arrays only.
+        model.fit(dataset, epochs=1, steps_per_epoch=n_steps, shuffle=False, verbose=0)
+        return n_steps * batch_size
+
+    return fit

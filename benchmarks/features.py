@@ -39,9 +39,9 @@ def run_features(data_dir: Path, work_dir: Path, n_frames: int, rounds: int) -> 
     import time
 
     from kaggle_sf.config import BackboneConfig
+    from kaggle_sf.data.images import read_images
     from kaggle_sf.features import extract_features
     from kaggle_sf.models.backbones import build_backbone
-    from kaggle_sf.search.finetune_objective import decode_frames
 
     backbone = BackboneConfig(name="mobilenet", alpha=0.25, input_size=SIZE, weights="imagenet")
     frames = sample_train_frames(data_dir, n_frames).loc[:, ["img", "path"]]
@@ -50,7 +50,7 @@ def run_features(data_dir: Path, work_dir: Path, n_frames: int, rounds: int) -> 
     logger.info("Feature extraction: %d rounds of %d frames at %dx%d", rounds, len(frames), *SIZE)
 
     model = build_backbone(backbone, pooling="avg")
-    decoded = decode_frames(frames["path"].tolist(), SIZE)
+    decoded = read_images(frames["path"].tolist(), SIZE)
 
     def extract(round_number: int) -> int:
         subset = frames.head(BATCH_SIZE) if round_number < 0 else frames

@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from benchmarks.common import Result, in_memory_batches, interleave, rate_result, sample_train_frames
+from benchmarks.common import Result, in_memory_batches, interleave, rate_result, sample_train_frames, steps_fitter
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 SIZE = (192, 256)
-WARM_UP_STEPS = 2
 
 
 def run_finetune(data_dir: Path, steps: int, rounds: int) -> list[Result]:
@@ -40,9 +39,8 @@ def run_finetune(data_dir: Path, steps: int, rounds: int) -> list[Result]:
 
     from kaggle_sf.config import BackboneConfig, FinetuneConfig
     from kaggle_sf.data.augment import AugmentConfig, make_batch_augmenter
-    from kaggle_sf.data.images import image_dataset
+    from kaggle_sf.data.images import image_dataset, read_images
     from kaggle_sf.models.classifier import build_classifier
-    from kaggle_sf.search.finetune_objective import decode_frames
 
     backbone = BackboneConfig(name="mobilenet", alpha=0.25, input_size=SIZE, weights="imagenet")
     finetune = FinetuneConfig()
@@ -55,27 +53,17 @@ def run_finetune(data_dir: Path, steps: int, rounds: int) -> list[Result]:
     model = build_classifier(backbone, dropout=finetune.dropout, freeze_batch_norm=finetune.batch_norm == "frozen")
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    in_memory = in_memory_batches(decode_frames(paths, SIZE), labels, BATCH_SIZE)
+    in_memory = in_memory_batches(read_images(paths, SIZE), labels, BATCH_SIZE)
     augmenter = make_batch_augmenter(AugmentConfig())
 
     def pipeline_fit(augment: bool):
         # Built once, like the input pipeline benchmark's datasets; each fit starts a new iteration of it.
         dataset = image_dataset(paths, SIZE, BATCH_SIZE, labels=labels, shuffle=True, seed=1,
                                 augment=augmenter if augment else None, repeat=True)
-
-        def fit(round_number: int) -> int:
-            n_steps = WARM_UP_STEPS if round_number < 0 else steps
-            model.fit(dataset, epochs=1, steps_per_epoch=n_steps, shuffle=False, verbose=0)
-            return n_steps * BATCH_SIZE
-        return fit
-
-    def memory_fit(round_number: int) -> int:
-        n_steps = WARM_UP_STEPS if round_number < 0 else steps
-        model.fit(in_memory, epochs=1, steps_per_epoch=n_steps, shuffle=False, verbose=0)
-        return n_steps * BATCH_SIZE
+        return steps_fitter(model, dataset, steps, BATCH_SIZE)
 
     variants = {"pipeline_augment": pipeline_fit(augment=True), "pipeline": pipeline_fit(augment=False),
-                "in_memory": memory_fit}
+                "in_memory": steps_fitter(model, in_memory, steps, BATCH_SIZE)}
     timings = interleave(variants, rounds, warm_up=list(variants))
     settings = {"backbone": backbone.label, "weights": "imagenet", "batch_size": BATCH_SIZE, "steps_per_round": steps,
                 "trainable": "all layers", "batch_norm": finetune.batch_norm}

@@ -22,12 +22,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from benchmarks.common import Result, in_memory_batches, interleave, rate_result, sample_train_frames
+from benchmarks.common import Result, in_memory_batches, interleave, rate_result, sample_train_frames, steps_fitter
 
 logger = logging.getLogger(__name__)
-
-WARM_UP_STEPS = 2
-
 
 class NoGpuError(RuntimeError):
     """The GPU benchmark was requested on a machine where TensorFlow finds no GPU."""
@@ -87,28 +84,15 @@ def run_gpu(data_dir: Path, steps: int, rounds: int, *, backbone_name: str = "re
     logger.info("GPU fine-tuning of %s: %d rounds of %d steps of %d frames, %d GPU(s)", backbone.label, rounds,
                 steps, batch_size, len(gpus))
 
-    def memory_fit(model):
-        def fit(round_number: int) -> int:
-            n_steps = WARM_UP_STEPS if round_number < 0 else steps
-            model.fit(in_memory, epochs=1, steps_per_epoch=n_steps, shuffle=False, verbose=0)
-            return n_steps * batch_size
-        return fit
-
-    def pipeline_fit(model):
-        dataset = image_dataset(paths, size, batch_size, labels=labels, shuffle=True, seed=1, augment=augmenter,
-                                repeat=True)
-
-        def fit(round_number: int) -> int:
-            n_steps = WARM_UP_STEPS if round_number < 0 else steps
-            model.fit(dataset, epochs=1, steps_per_epoch=n_steps, shuffle=False, verbose=0)
-            return n_steps * batch_size
-        return fit
+    # Built once, like the input pipeline benchmark's datasets; each fit starts a new iteration of it.
+    pipeline = image_dataset(paths, size, batch_size, labels=labels, shuffle=True, seed=1, augment=augmenter,
+                             repeat=True)
 
     variants = {}
     for precision, policy in (("float32", "float32"), ("mixed", "mixed_float16")):
         model = _build_model(backbone, policy)
-        variants[f"{precision}_in_memory"] = memory_fit(model)
-        variants[f"{precision}_pipeline"] = pipeline_fit(model)
+        variants[f"{precision}_in_memory"] = steps_fitter(model, in_memory, steps, batch_size)
+        variants[f"{precision}_pipeline"] = steps_fitter(model, pipeline, steps, batch_size)
     timings = interleave(variants, rounds, warm_up=list(variants))
 
     device = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "CPU"

@@ -12,8 +12,9 @@ cost in accuracy. Every training frame is decoded once, at the DCT reduction the
 
 MobileNet (width 0.25) features of the resized frames train a head per driver fold with the search's
 ``fit_head`` at the default head settings, over several seeds. The rows give the mean out-of-fold log
-loss per filter, its difference from the toolkit's in each seed, and the milliseconds of one resize
-on one thread.
+loss per filter, its difference from the toolkit's in each seed, and the wall time of one resize of
+one frame. OpenCV runs on one thread for it, while TensorFlow's resize runs on TensorFlow's own thread
+pool, which may use more than one core.
 """
 
 from __future__ import annotations

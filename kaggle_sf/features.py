@@ -109,26 +109,11 @@ def _read_cached(path: Path, key: dict[str, object], n_images: int) -> Features 
     return None
 
 
-def _find_undecodable(paths: list[str], size: tuple[int, int]) -> tuple[str, str] | None:
-    """Decode ``paths`` one at a time and return the first that fails, with the decoder's message."""
-    from kaggle_sf.data.images import ImageDecodeError, read_image
-
-    for path in paths:
-        try:
-            read_image(path, size)
-        except ImageDecodeError as error:
-            return path, str(error)
-    return None
-
-
 def _write_features(backbone: BackboneConfig, images: pd.DataFrame, path: Path, key: dict[str, object],
                     split: str, batch_size: int) -> None:
     """Compute the features of ``images`` and write them to ``path``, renamed into place when complete."""
-    # TensorFlow is imported here so that reading a cache hit does not start it.
-    import tensorflow as tf
-
     from kaggle_sf.data.image_check import BadImageError
-    from kaggle_sf.data.images import image_dataset
+    from kaggle_sf.data.images import ImageDecodeError, decode_errors_named, image_dataset
     from kaggle_sf.models.backbones import build_backbone
 
     model = build_backbone(backbone, pooling="avg")
@@ -146,22 +131,19 @@ def _write_features(backbone: BackboneConfig, images: pd.DataFrame, path: Path, 
             with tqdm(total=len(images), desc=f"{backbone.label} {split} features", unit="img",
                       disable=None) as progress:
                 try:
-                    for batch_images, batch_ids in dataset:
-                        # A compiled forward pass: calling the model eagerly took 2.3 times the CPU time
-                        # (MobileNet-0.25, 224x224, batches of 32, TensorFlow 2.21).
-                        batch_values = model.predict_on_batch(batch_images)
-                        end = written + len(batch_values)
-                        values[written:end] = batch_values
-                        ids[written:end] = [i.decode() for i in batch_ids.numpy()]
-                        written = end
-                        progress.update(len(batch_values))
-                        crash_point("features batch")
-                except tf.errors.OpError as error:
-                    # The dataset keeps file order, so the failing file is at or after the next row to write.
-                    found = _find_undecodable(images["path"].iloc[written:].tolist(), backbone.input_size)
-                    if found is None:
-                        raise
-                    raise BadImageError(found[1]) from error
+                    with decode_errors_named():
+                        for batch_images, batch_ids in dataset:
+                            # A compiled forward pass: calling the model eagerly took 2.3 times the CPU time
+                            # (MobileNet-0.25, 224x224, batches of 32, TensorFlow 2.21).
+                            batch_values = model.predict_on_batch(batch_images)
+                            end = written + len(batch_values)
+                            values[written:end] = batch_values
+                            ids[written:end] = [i.decode() for i in batch_ids.numpy()]
+                            written = end
+                            progress.update(len(batch_values))
+                            crash_point("features batch")
+                except ImageDecodeError as error:
+                    raise BadImageError(str(error)) from error
             if written != len(images):
                 raise RuntimeError(f"feature extraction wrote {written} of {len(images)} images")
 

@@ -6,8 +6,8 @@ releases the GIL while it decodes and resizes, so tf.data's parallel calls keep 
 JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale whenever the reduced image is still at least
 the target size. A 640x480 frame needed at 224x224 is decoded at 320x240, which takes about three
 quarters of the time of a full decode. A frame smaller than the target on either side is decoded at
-full size. Grayscale and CMYK JPEGs come out as RGB, and PNG, GIF, BMP and WebP data in a ``.jpg`` file
-is decoded by its format. EXIF orientation is ignored, as TensorFlow's and Keras' loaders ignore it.
+full size. Grayscale and CMYK JPEGs come out as RGB, and PNG, GIF, BMP, WebP and TIFF data in a
+``.jpg`` file is decoded by its format. EXIF orientation is ignored, as TensorFlow's and Keras' loaders ignore it.
 
 The resize is antialiased (see ``resize_image``). Frames leave the decoder as uint8, pass through the
 training augmentations as uint8, and are cast to float32 in [0, 255] per batch. Preprocessing for the

@@ -35,7 +35,8 @@ def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
     try:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as error:
-        raise FrameError(f"{path} could not be decoded: {str(error).strip().splitlines()[-1]}") from error
+        reason = str(error).strip().splitlines()[-1]
+        raise FrameError(f"{path} could not be decoded ({reason}); give a JPEG, PNG or BMP file") from error
     if image is None:
         raise FrameError(f"{path} could not be decoded as an image; give a JPEG, PNG or BMP file")
     if max_side is not None and max(image.shape[:2]) > max_side:

@@ -24,6 +24,7 @@ import optuna
 import pandas as pd
 
 from kaggle_sf.config import BackboneConfig, ConfigError, FinetuneConfig, FinetuneSearchConfig, HeadConfig
+from kaggle_sf.data.images import read_images
 from kaggle_sf.metrics import log_loss
 from kaggle_sf.search.head_training import fit_head
 from kaggle_sf.train import class_indices
@@ -55,13 +56,6 @@ def sample_frames(frames: pd.DataFrame, n_frames: int, seed: int) -> pd.DataFram
         columns="rank")
 
 
-def decode_frames(paths: list[str], size: tuple[int, int]) -> np.ndarray:
-    """Decode image files at ``size`` (height, width) into one uint8 array, as ``image_dataset`` decodes them."""
-    from kaggle_sf.data.images import read_images
-
-    return read_images(paths, size)
-
-
 def load_trial_frames(train: pd.DataFrame, validation: pd.DataFrame, backbone: BackboneConfig,
                       search: FinetuneSearchConfig, seed: int) -> TrialFrames:
     """Sample and decode the training and validation frames of the trials (``img, path, subject, classname``)."""
@@ -70,9 +64,9 @@ def load_trial_frames(train: pd.DataFrame, validation: pd.DataFrame, backbone: B
     logger.info("Decoding %d training and %d validation frames for the fine-tuning search", len(train),
                 len(validation))
     return TrialFrames(
-        train_images=decode_frames(train["path"].tolist(), backbone.input_size),
+        train_images=read_images(train["path"].tolist(), backbone.input_size),
         train_labels=class_indices(train["classname"]),
-        val_images=decode_frames(validation["path"].tolist(), backbone.input_size),
+        val_images=read_images(validation["path"].tolist(), backbone.input_size),
         val_labels=class_indices(validation["classname"]),
     )
 
