@@ -242,7 +242,7 @@ def _stripes(width: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("width, target", [(320, 224), (640, 299), (100, 40)])
-def test_resize_averages_away_detail_finer_than_the_target(width: int, target: int):
+def test_resize_averages_away_fine_detail(width: int, target: int):
     import cv2
 
     from kaggle_sf.data.images import resize_image
@@ -394,7 +394,7 @@ def test_decoder_handles_a_wrong_header_size(tmp_path: Path, monkeypatch: pytest
     assert decoded.shape == (48, 64, 3)
 
 
-def test_decoder_names_the_file_opencv_raises_on(tmp_path: Path):
+def test_decoder_names_file_on_opencv_error(tmp_path: Path):
     from kaggle_sf.data.images import ImageDecodeError, read_image
 
     # OpenCV raises, instead of returning nothing, for a side over 2**20 pixels.
@@ -422,7 +422,7 @@ def test_check_accepts_a_multi_picture_jpeg(tmp_path: Path):
     assert (report.format, report.width, report.height) == ("MPO", 64, 48)
 
 
-def test_decode_errors_in_a_dataset_name_the_file(tmp_path: Path):
+def test_dataset_decode_error_names_file(tmp_path: Path):
     from kaggle_sf.data.images import ImageDecodeError, decode_errors_named, image_dataset
 
     paths = [str(write_case(tmp_path, "good")), str(write_case(tmp_path, "truncated"))]
@@ -432,7 +432,7 @@ def test_decode_errors_in_a_dataset_name_the_file(tmp_path: Path):
                 pass
 
 
-def test_features_name_the_file_opencv_cannot_decode(tmp_path: Path):
+def test_features_name_undecodable_file(tmp_path: Path):
     from kaggle_sf.features import extract_features
 
     folder = tmp_path / "images"

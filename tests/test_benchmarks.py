@@ -77,7 +77,7 @@ def test_resize_quality_benchmark_runs_on_tiny_frames(tiny_competition: Path):
     assert by_name["resize_quality/toolkit"].settings["difference_from_toolkit"] == [0.0]
 
 
-def test_gpu_benchmark_runs_on_the_cpu_when_allowed(tiny_competition: Path):
+def test_gpu_benchmark_runs_on_cpu(tiny_competition: Path):
     from benchmarks.gpu import run_gpu
 
     results = run_gpu(tiny_competition, steps=1, rounds=1, backbone_name="mobilenet", size=(32, 32), batch_size=4,
@@ -92,8 +92,7 @@ def test_gpu_benchmark_runs_on_the_cpu_when_allowed(tiny_competition: Path):
     assert by_name["gpu/mixed_in_memory"].settings["ratio_of"] == "mixed_in_memory / float32_in_memory"
 
 
-def test_gpu_benchmark_without_a_gpu_fails_clearly(tiny_competition: Path, tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture):
+def test_gpu_benchmark_fails_without_gpu(tiny_competition: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
     from benchmarks.run import main
 
     with caplog.at_level(logging.ERROR, logger="benchmarks"):
