@@ -210,9 +210,13 @@ def in_memory_batches(frames, labels, batch_size: int, seed: int = 1):
     """
     import tensorflow as tf
 
-    return (tf.data.Dataset.from_tensor_slices((frames, labels)).shuffle(len(frames), seed=seed).repeat()
-            .batch(batch_size).map(lambda images, batch_labels: (tf.cast(images, tf.float32), batch_labels))
-            .prefetch(tf.data.AUTOTUNE))
+    from kaggle_sf.data.images import without_autotuning
+
+    dataset = (tf.data.Dataset.from_tensor_slices((frames, labels)).shuffle(len(frames), seed=seed).repeat()
+               .batch(batch_size).map(lambda images, batch_labels: (tf.cast(images, tf.float32), batch_labels))
+               .prefetch(tf.data.AUTOTUNE))
+    # As the toolkit's pipelines do, so that both sides return from ``fit`` without the same delay.
+    return without_autotuning(dataset)
 
 
 WARM_UP_STEPS = 2

@@ -6,10 +6,13 @@ training. Variants, each running the same number of steps of 32 frames once per 
 frames:
 
 - ``pipeline_augment``: ``image_dataset`` with labels, shuffling and ``make_batch_augmenter(AugmentConfig())``,
-  as ``kaggle_sf.finetune`` feeds an epoch;
+  decoding the files for every batch, as ``kaggle_sf.finetune`` feeds an epoch when the frames exceed
+  ``train.finetune.frame_cache_gb``;
 - ``pipeline``: the same without augmentation;
-- ``in_memory``: the same steps on frames decoded beforehand and held in memory
-  (``benchmarks.common.in_memory_batches``).
+- ``decoded_augment`` and ``decoded``: the same two pipelines copying their batches from
+  ``DecodedFrames``, decoded once beforehand, as ``kaggle_sf.finetune`` feeds an epoch by default;
+- ``in_memory``: the same steps on frames decoded beforehand and held in memory, shuffled and batched
+  by tf.data alone (``benchmarks.common.in_memory_batches``), with no augmentation.
 
 The ratios show what decoding and augmenting cost a training step when they share the CPU with it.
 """
@@ -39,7 +42,7 @@ def run_finetune(data_dir: Path, steps: int, rounds: int) -> list[Result]:
 
     from kaggle_sf.config import BackboneConfig, FinetuneConfig
     from kaggle_sf.data.augment import AugmentConfig, make_batch_augmenter
-    from kaggle_sf.data.images import image_dataset, read_images
+    from kaggle_sf.data.images import DecodedFrames, image_dataset, read_images
     from kaggle_sf.models.classifier import build_classifier
 
     backbone = BackboneConfig(name="mobilenet", alpha=0.25, input_size=SIZE, weights="imagenet")
@@ -54,15 +57,18 @@ def run_finetune(data_dir: Path, steps: int, rounds: int) -> list[Result]:
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     in_memory = in_memory_batches(read_images(paths, SIZE), labels, BATCH_SIZE)
+    decoded = DecodedFrames(paths, SIZE)
     augmenter = make_batch_augmenter(AugmentConfig())
 
-    def pipeline_fit(augment: bool):
+    def pipeline_fit(augment: bool, frames: DecodedFrames | None = None):
         # Built once, like the input pipeline benchmark's datasets; each fit starts a new iteration of it.
         dataset = image_dataset(paths, SIZE, BATCH_SIZE, labels=labels, shuffle=True, seed=1,
-                                augment=augmenter if augment else None, repeat=True)
+                                augment=augmenter if augment else None, repeat=True, decoded=frames)
         return steps_fitter(model, dataset, steps, BATCH_SIZE)
 
     variants = {"pipeline_augment": pipeline_fit(augment=True), "pipeline": pipeline_fit(augment=False),
+                "decoded_augment": pipeline_fit(augment=True, frames=decoded),
+                "decoded": pipeline_fit(augment=False, frames=decoded),
                 "in_memory": steps_fitter(model, in_memory, steps, BATCH_SIZE)}
     timings = interleave(variants, rounds, warm_up=list(variants))
     settings = {"backbone": backbone.label, "weights": "imagenet", "batch_size": BATCH_SIZE, "steps_per_round": steps,
@@ -70,5 +76,7 @@ def run_finetune(data_dir: Path, steps: int, rounds: int) -> list[Result]:
     return [
         rate_result("finetune/pipeline_augment", timings, "pipeline_augment", "in_memory", settings, "images/s"),
         rate_result("finetune/pipeline", timings, "pipeline", "in_memory", settings, "images/s"),
+        rate_result("finetune/decoded_augment", timings, "decoded_augment", "in_memory", settings, "images/s"),
+        rate_result("finetune/decoded", timings, "decoded", "in_memory", settings, "images/s"),
         rate_result("finetune/in_memory", timings, "in_memory", None, settings, "images/s"),
     ]

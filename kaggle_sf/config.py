@@ -166,6 +166,10 @@ class FinetuneConfig:
     half_merge_probability: float = 0.3
     mixed_precision: bool = False
     xla: bool = False
+    frame_cache_gb: float = 4.0
+    """Memory for the training drivers' frames, decoded once and kept across epochs and folds, in GB
+    (height x width x 3 bytes a frame). Larger sets are decoded from the files every epoch; 0 always does.
+    The batches are the same either way."""
 
     def __post_init__(self) -> None:
         _require(len(self.phases) >= 1, "train.finetune.phases", "needs at least one phase")
@@ -178,6 +182,8 @@ class FinetuneConfig:
                  f"expected 'frozen' or 'train', got {self.batch_norm!r}")
         _require(0 <= self.half_merge_probability <= 1, "train.finetune.half_merge_probability",
                  f"must be in [0, 1], got {self.half_merge_probability}")
+        _require(self.frame_cache_gb >= 0, "train.finetune.frame_cache_gb",
+                 f"must be >= 0, got {self.frame_cache_gb}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ config (or a run killed half-way) reuses what was finished.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ import pandas as pd
 
 from kaggle_sf import tracking
 from kaggle_sf.atomic import remove_stale_temporaries
-from kaggle_sf.config import CLASSES, BackboneConfig, Config, flatten
+from kaggle_sf.config import CLASSES, BackboneConfig, Config, FinetuneConfig, flatten
 from kaggle_sf.crash import crash_point
 from kaggle_sf.data.catalog import Catalog, load_catalog
 from kaggle_sf.data.folds import make_folds
@@ -184,6 +185,13 @@ def extract_backbone_features(config: Config, backbone: BackboneConfig, catalog:
     return train_features, test_features
 
 
+def _finetune_settings(finetune: FinetuneConfig) -> dict[str, object]:
+    """Return the fine-tuning settings that change its models; the frame memory only changes its speed."""
+    settings = asdict(finetune)
+    del settings["frame_cache_gb"]
+    return settings
+
+
 def fold_models_key(config: Config, backbone: BackboneConfig, catalog: Catalog, folds: pd.DataFrame,
                     train_features: Features, test_features: Features) -> dict[str, object]:
     """Return everything that determines the fold models of one backbone under the configured mode."""
@@ -194,7 +202,7 @@ def fold_models_key(config: Config, backbone: BackboneConfig, catalog: Catalog, 
                    head=asdict(config.train.head), trainer=HEAD_TRAINER_VERSION)
     else:
         key.update(backbone=asdict(backbone), weights=weights_fingerprint(backbone),
-                   finetune=asdict(config.train.finetune), decoder=DECODER_VERSION,
+                   finetune=_finetune_settings(config.train.finetune), decoder=DECODER_VERSION,
                    train_images=image_list_digest(catalog.train), test_images=image_list_digest(catalog.test))
     return key
 
@@ -223,7 +231,7 @@ def train_folds(config: Config, backbone: BackboneConfig, catalog: Catalog, fold
     """Train, or reuse when finished, one model per fold: a head on cached features or a fine-tuned network."""
     import mlflow
 
-    from kaggle_sf.finetune import finetune_fold
+    from kaggle_sf.finetune import finetune_fold, keep_frames_in_memory
     from kaggle_sf.train import train_head_fold
 
     train_features, test_features = features
@@ -236,6 +244,8 @@ def train_folds(config: Config, backbone: BackboneConfig, catalog: Catalog, fold
     frames = catalog.train.set_index("img").loc[folds["img"]].reset_index()
     if mode == "finetune" and config.train.finetune.augment:
         log_augmentation_grid(config, backbone, frames)
+    # Decoded on the first fold that trains, so a job that reuses every fold model decodes nothing.
+    decoded_frames = functools.cache(functools.partial(keep_frames_in_memory, frames, backbone, config.train.finetune))
 
     results = []
     for fold in sorted(int(k) for k in folds.loc[folds["fold"] >= 0, "fold"].unique()):
@@ -263,7 +273,7 @@ def train_folds(config: Config, backbone: BackboneConfig, catalog: Catalog, fold
                     remove_stale_temporaries(folder)
                     result = finetune_fold(backbone, fold, frames[~is_validation], frames[is_validation],
                                            catalog.test, config.train.finetune, seed=config.seed + fold,
-                                           folder=folder)
+                                           folder=folder, decoded=decoded_frames())
                     _check_finite(result, backbone, mode, folder)
                     result.save(folder)
             crash_point(f"fold {fold} saved")

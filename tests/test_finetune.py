@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from kaggle_sf.config import BackboneConfig, load_config
@@ -159,3 +160,111 @@ def test_frozen_phase_leaves_backbone_unchanged(tiny_competition: Path, tmp_path
 
     initial = build_classifier(BACKBONE).get_layer("mobilenet").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(first, initial))
+
+
+def _batches(dataset) -> list[list[np.ndarray]]:
+    return [[np.asarray(column) for column in batch] for batch in dataset]
+
+
+def test_decoded_frames_give_identical_batches(tiny_competition: Path):
+    from kaggle_sf.data.augment import AugmentConfig, make_batch_augmenter
+    from kaggle_sf.data.images import DecodedFrames, image_dataset
+    from kaggle_sf.train import class_indices
+
+    train, validation, _ = _fold_frames(tiny_competition)
+    everything = pd.concat([train, validation])
+    # Decoded in another order and with extra frames, as one store serves every fold.
+    decoded = DecodedFrames(everything["path"].tolist()[::-1], (40, 56))
+    labels = class_indices(train["classname"])
+    augment = make_batch_augmenter(AugmentConfig())
+
+    for source in (None, decoded):
+        dataset = image_dataset(train["path"], (40, 56), 8, labels=labels, shuffle=True, seed=3, augment=augment,
+                                decoded=source)
+        # Two passes: the second reshuffles, and the augmentation seeds move on.
+        epochs = [_batches(dataset), _batches(dataset)]
+        if source is None:
+            from_files = epochs
+    for epoch_from_files, epoch_from_memory in zip(from_files, epochs):
+        assert len(epoch_from_memory) == len(epoch_from_files) == -(-len(train) // 8)
+        for (images_a, labels_a), (images_b, labels_b) in zip(epoch_from_files, epoch_from_memory):
+            assert images_b.dtype == np.float32
+            assert np.array_equal(images_a, images_b)
+            assert np.array_equal(labels_a, labels_b)
+    assert not np.array_equal(from_files[0][0][1], from_files[1][0][1])
+
+    with_ids = [image_dataset(validation["path"], (40, 56), 8, ids=validation["img"], decoded=source)
+                for source in (None, decoded)]
+    for (images_a, ids_a), (images_b, ids_b) in zip(*map(_batches, with_ids)):
+        assert np.array_equal(images_a, images_b)
+        assert list(ids_a) == list(ids_b)
+
+
+def test_training_datasets_run_without_autotuning(tiny_competition: Path):
+    from kaggle_sf.data.images import image_dataset
+
+    train, _, _ = _fold_frames(tiny_competition)
+    dataset = image_dataset(train["path"], (40, 56), 8, labels=np.zeros(len(train), dtype=int), shuffle=True)
+    assert dataset.options().autotune.enabled is False
+    assert sum(int(images.shape[0]) for images, _ in dataset) == len(train)
+
+
+def test_decoded_frames_name_what_they_lack(tiny_competition: Path, tmp_path: Path):
+    from kaggle_sf.data.images import DecodedFrames, ImageDecodeError, image_dataset
+
+    train, validation, _ = _fold_frames(tiny_competition)
+    decoded = DecodedFrames(train["path"], (40, 56))
+    assert decoded.frames.shape == (len(train), 40, 56, 3)
+    assert decoded.nbytes == len(train) * 40 * 56 * 3
+    missing = validation["path"].iloc[0]
+    with pytest.raises(KeyError, match=f"{missing} is not among the {len(train)} decoded frames"):
+        image_dataset(validation["path"], (40, 56), 8, decoded=decoded)
+    with pytest.raises(ValueError, match=r"frames decoded at \(40, 56\) cannot make batches at \(48, 64\)"):
+        image_dataset(train["path"], (48, 64), 8, decoded=decoded)
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(Path(train["path"].iloc[0]).read_bytes()[:100])
+    with pytest.raises(ImageDecodeError, match="broken.jpg: OpenCV cannot decode it"):
+        DecodedFrames([*train["path"], str(broken)], (40, 56))
+
+
+def test_frame_memory_limit_decodes_from_files(tiny_competition: Path, caplog: pytest.LogCaptureFixture):
+    from kaggle_sf.finetune import keep_frames_in_memory
+
+    train, _, _ = _fold_frames(tiny_competition)
+    needed_gb = len(train) * 64 * 64 * 3 / 1e9
+    config = load_config(None, [f"train.finetune.frame_cache_gb={needed_gb}"]).train.finetune
+    decoded = keep_frames_in_memory(train, BACKBONE, config)
+    assert decoded is not None
+    assert decoded.paths == train["path"].tolist()
+
+    config = load_config(None, [f"train.finetune.frame_cache_gb={needed_gb * 0.99}"]).train.finetune
+    with caplog.at_level("INFO", logger="kaggle_sf.finetune"):
+        assert keep_frames_in_memory(train, BACKBONE, config) is None
+    assert f"{len(train)} training frames at 64x64 would take 0.00 GB" in caplog.text
+    assert "decoding them from the files every epoch" in caplog.text
+
+
+def test_frame_memory_changes_neither_model_nor_key(tiny_competition: Path, tmp_path: Path):
+    from dataclasses import replace
+
+    from kaggle_sf.data.images import DecodedFrames
+    from kaggle_sf.finetune import finetune_fold
+    from kaggle_sf.run import _finetune_settings
+
+    config = load_config(None, ["train.finetune.phases=[{epochs: 2, learning_rate: 1e-3}]",
+                                "train.finetune.batch_size=16"]).train.finetune
+    assert _finetune_settings(replace(config, frame_cache_gb=0)) == _finetune_settings(config)
+    assert _finetune_settings(replace(config, dropout=0.1)) != _finetune_settings(config)
+
+    train, validation, test = _fold_frames(tiny_competition)
+    decoded = DecodedFrames(pd.concat([train, validation])["path"], BACKBONE.input_size)
+    from_files = finetune_fold(BACKBONE, 0, train, validation, test, config, seed=1, folder=tmp_path / "files")
+    from_memory = finetune_fold(BACKBONE, 0, train, validation, test, config, seed=1, folder=tmp_path / "memory",
+                                decoded=decoded)
+    for name in ("loss", "val_log_loss"):
+        assert len(from_memory.history[name]) == 2
+        assert np.allclose(from_memory.history[name], from_files.history[name], rtol=1e-5), name
+    assert list(from_memory.oof["img"]) == list(from_files.oof["img"])
+    assert np.allclose(from_memory.oof.iloc[:, 1:].to_numpy(float), from_files.oof.iloc[:, 1:].to_numpy(float),
+                       atol=1e-6)

@@ -24,7 +24,7 @@ import optuna
 import pandas as pd
 
 from kaggle_sf.config import BackboneConfig, ConfigError, FinetuneConfig, FinetuneSearchConfig, HeadConfig
-from kaggle_sf.data.images import read_images
+from kaggle_sf.data.images import read_images, without_autotuning
 from kaggle_sf.metrics import log_loss
 from kaggle_sf.search.head_training import fit_head
 from kaggle_sf.train import class_indices
@@ -182,6 +182,7 @@ def make_finetune_objective(backbone: BackboneConfig, finetune: FinetuneConfig, 
                    .shuffle(len(frames.train_images), seed=seed).repeat().batch(finetune.batch_size)
                    .map(lambda images, labels: (tf.cast(images, tf.float32), labels))
                    .prefetch(tf.data.AUTOTUNE))
+        batches = without_autotuning(batches)
         validation = _validation_callback(frames, finetune.batch_size)
         model.fit(batches, epochs=search.evaluations, steps_per_epoch=steps_per_evaluation, shuffle=False, verbose=0,
                   callbacks=[validation, KerasPruningCallback(trial, OBJECTIVE)])
