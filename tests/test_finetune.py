@@ -268,3 +268,31 @@ def test_frame_memory_changes_neither_model_nor_key(tiny_competition: Path, tmp_
     assert list(from_memory.oof["img"]) == list(from_files.oof["img"])
     assert np.allclose(from_memory.oof.iloc[:, 1:].to_numpy(float), from_files.oof.iloc[:, 1:].to_numpy(float),
                        atol=1e-6)
+
+
+def test_phase_on_same_layers_restarts_adam_in_place(tiny_competition: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    import kaggle_sf.finetune as finetune
+
+    config = load_config(None, ["train.finetune.phases=[{epochs: 1, learning_rate: 1e-3, train_backbone: false}, "
+                                "{epochs: 1, learning_rate: 1e-3}, {epochs: 2, learning_rate: 1e-4}]",
+                                "train.finetune.batch_size=16", "train.finetune.patience=5"]).train.finetune
+    train, validation, test = _fold_frames(tiny_competition)
+    restarts = []
+    restart = finetune._restart_optimizer
+
+    def counting_restart(model, learning_rate):
+        restarted = restart(model, learning_rate)
+        restarts.append((learning_rate, restarted, int(model.optimizer.iterations.numpy())))
+        return restarted
+
+    monkeypatch.setattr(finetune, "_restart_optimizer", counting_restart)
+    restarted = finetune.finetune_fold(BACKBONE, 0, train, validation, test, config, seed=1, folder=tmp_path / "a")
+    # Only the third phase trains the same layers as the phase before it.
+    assert restarts == [(1e-4, True, 0)]
+
+    monkeypatch.setattr(finetune, "_restart_optimizer", lambda model, learning_rate: False)
+    compiled = finetune.finetune_fold(BACKBONE, 0, train, validation, test, config, seed=1, folder=tmp_path / "b")
+    for name in ("loss", "val_log_loss"):
+        assert len(restarted.history[name]) == 4
+        assert np.allclose(restarted.history[name], compiled.history[name], rtol=1e-5), name
