@@ -8,8 +8,8 @@ weights of the phase are kept and restored when the phase ends or stops early. T
 are checkpointed after every epoch, so a killed training resumes from the last finished epoch.
 
 The training drivers' frames are decoded once into memory (``keep_frames_in_memory``) when they fit in
-``train.finetune.frame_cache_gb``. Epochs and folds then copy their batches from there; on two CPU
-cores decoding every epoch cost fine-tuning close to half its rate.
+``train.finetune.frame_cache_gb``. Epochs and folds then copy their batches from there. On two CPU
+cores, decoding in every epoch cost fine-tuning 20 to 50 % of its rate (``benchmarks/finetune.py``).
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def keep_frames_in_memory(frames: pd.DataFrame, backbone: BackboneConfig,
                           config: FinetuneConfig) -> DecodedFrames | None:
     """Decode the ``path`` column of ``frames`` at the backbone's input size into memory.
 
+    ``frames`` must include the validation frames too, as ``finetune_fold`` predicts them every epoch.
+
     Returns None, and training decodes from the files every epoch, when the frames would take more
     than ``config.frame_cache_gb``.
     """
@@ -179,6 +181,9 @@ def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, vali
     from kaggle_sf.data.images import decode_errors_named
     from kaggle_sf.models.classifier import build_classifier, load_classifier, set_backbone_trainable
 
+    if decoded is not None:
+        # Fails now, naming a missing frame, rather than after the first epoch's training.
+        decoded.rows([*train["path"], *validation["path"]])
     folder.mkdir(parents=True, exist_ok=True)
     phases = config.phases
     rates = learning_rates or [phase.learning_rate for phase in phases]

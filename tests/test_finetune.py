@@ -228,6 +228,39 @@ def test_decoded_frames_name_what_they_lack(tiny_competition: Path, tmp_path: Pa
         DecodedFrames([*train["path"], str(broken)], (40, 56))
 
 
+def test_decoded_frames_are_freed_after_use(tiny_competition: Path):
+    import gc
+    import weakref
+
+    from kaggle_sf.data.images import DecodedFrames, image_dataset
+
+    train, _, _ = _fold_frames(tiny_competition)
+    # A list, as YAML gives the input size.
+    decoded = DecodedFrames(train["path"], [40, 56])
+    assert decoded.size == (40, 56)
+    dataset = image_dataset(train["path"], (40, 56), 8, labels=np.zeros(len(train), dtype=int), decoded=decoded)
+    assert sum(int(images.shape[0]) for images, _ in dataset) == len(train)
+
+    alive = weakref.ref(decoded)
+    del decoded
+    gc.collect()
+    assert alive() is None
+    with pytest.raises(Exception, match="the decoded frames were freed while a dataset still reads them"):
+        next(iter(dataset))
+
+
+def test_finetune_rejects_frames_missing_validation(tiny_competition: Path, tmp_path: Path):
+    from kaggle_sf.data.images import DecodedFrames
+    from kaggle_sf.finetune import finetune_fold
+
+    config = load_config(None, ["train.finetune.phases=[{epochs: 1, learning_rate: 1e-3}]"]).train.finetune
+    train, validation, test = _fold_frames(tiny_competition)
+    decoded = DecodedFrames(train["path"], BACKBONE.input_size)
+    with pytest.raises(KeyError, match="decode every frame that the dataset reads"):
+        finetune_fold(BACKBONE, 0, train, validation, test, config, seed=1, folder=tmp_path / "fold", decoded=decoded)
+    assert not (tmp_path / "fold").exists()
+
+
 def test_frame_memory_limit_decodes_from_files(tiny_competition: Path, caplog: pytest.LogCaptureFixture):
     from kaggle_sf.finetune import keep_frames_in_memory
 

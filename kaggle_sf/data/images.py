@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -231,7 +232,7 @@ class DecodedFrames:
             ImageDecodeError: a file is missing or cannot be decoded; the message names it.
         """
         self.paths = [str(path) for path in paths]
-        self.size = size
+        self.size = (int(size[0]), int(size[1]))
         self.frames = np.empty((len(self.paths), *size, 3), dtype=np.uint8)
         self._rows = {path: row for row, path in enumerate(self.paths)}
 
@@ -256,7 +257,8 @@ class DecodedFrames:
         try:
             return np.array([self._rows[str(path)] for path in paths], dtype=np.int64)
         except KeyError as error:
-            raise KeyError(f"{error.args[0]} is not among the {len(self.paths)} decoded frames") from None
+            raise KeyError(f"{error.args[0]} is not among the {len(self.paths)} decoded frames; decode every "
+                           "frame that the dataset reads, e.g. training and validation frames together") from None
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Return a copy of the frames at ``rows``, in that order."""
@@ -285,6 +287,24 @@ def without_autotuning(dataset):
 def _read_batch(paths: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Read a batch of file names (bytes, as tf.numpy_function passes strings) into uint8 frames."""
     return read_images([path.decode() for path in paths], size)
+
+
+def _weak_take(decoded: DecodedFrames) -> Callable[[np.ndarray], np.ndarray]:
+    """Return ``decoded.take`` through a weak reference.
+
+    TensorFlow keeps every ``tf.numpy_function`` callable for the life of the process, so a strong
+    reference would keep the whole frame array in memory after training ends.
+    """
+    reference = weakref.ref(decoded)
+
+    def take(rows: np.ndarray) -> np.ndarray:
+        frames = reference()
+        if frames is None:
+            raise RuntimeError("the decoded frames were freed while a dataset still reads them; keep the "
+                               "DecodedFrames object alive until the dataset is no longer used")
+        return frames.take(rows)
+
+    return take
 
 
 def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, *,
@@ -316,7 +336,7 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, 
     import tensorflow as tf
 
     paths = [str(p) for p in paths]
-    if decoded is not None and decoded.size != tuple(size):
+    if decoded is not None and decoded.size != (int(size[0]), int(size[1])):
         raise ValueError(f"frames decoded at {decoded.size} cannot make batches at {tuple(size)}")
     # The first column is what a batch is made from: file names, or rows of the decoded frames.
     columns: list[tf.Tensor] = [tf.constant(paths) if decoded is None else tf.constant(decoded.rows(paths))]
@@ -332,7 +352,7 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, 
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=False)
 
-    read_batch = partial(_read_batch, size=size) if decoded is None else decoded.take
+    read_batch = partial(_read_batch, size=size) if decoded is None else _weak_take(decoded)
 
     def load(batch_sources: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
         images = tf.numpy_function(read_batch, [batch_sources], tf.uint8, stateful=False)
