@@ -3,7 +3,7 @@
 Each phase sets which layers train and a fresh Adam learning rate (for example a head warm-up with the
 backbone frozen, then everything at 1e-4, then at 1e-5). A phase that trains the same layers as the one
 before it resets the Adam state in place instead of compiling again, which would trace the training
-step again. After every epoch the validation drivers are scored with Kaggle's log loss; the best
+step again. After every epoch the validation drivers are scored with Kaggle's log loss. The best
 weights of the phase are kept and restored when the phase ends or stops early. The model and optimizer
 are checkpointed after every epoch, so a killed training resumes from the last finished epoch.
 
@@ -123,7 +123,7 @@ def predict_images(model, table: pd.DataFrame, size: tuple[int, int], batch_size
                    decoded: DecodedFrames | None = None) -> pd.DataFrame:
     """Predict class probabilities for the frames of ``table`` (``img, path``), ids carried per batch.
 
-    ``decoded`` holds the frames already decoded, as from ``keep_frames_in_memory``; None decodes the files.
+    ``decoded`` contains the frames already decoded, as from ``keep_frames_in_memory``; None decodes the files.
     """
     from kaggle_sf.data.images import decode_errors_named, image_dataset
 

@@ -325,8 +325,8 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, 
         augment: a batched function ``(images, labels, seed) -> (images, labels)`` applied to uint8
             batches, with a fresh shape-(2,) seed per batch drawn from a stream seeded by ``seed``.
         repeat: repeat indefinitely (training with ``steps_per_epoch``).
-        decoded: frames decoded beforehand at ``size`` that include every one of ``paths``; batches are
-            copied from there instead of decoded, and are the same batches in the same order.
+        decoded: frames decoded beforehand at ``size``, including every one of ``paths``. Batches are
+            copied from there instead of decoded, and come out the same and in the same order.
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, ids)``, ``(images, labels)`` or ``images`` batches, the
@@ -336,7 +336,7 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, 
     import tensorflow as tf
 
     paths = [str(p) for p in paths]
-    if decoded is not None and decoded.size != (int(size[0]), int(size[1])):
+    if decoded is not None and decoded.size != tuple(size):
         raise ValueError(f"frames decoded at {decoded.size} cannot make batches at {tuple(size)}")
     # The first column is what a batch is made from: file names, or rows of the decoded frames.
     columns: list[tf.Tensor] = [tf.constant(paths) if decoded is None else tf.constant(decoded.rows(paths))]
