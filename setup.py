@@ -22,6 +22,7 @@ setup(
         "scikit-learn>=1.9",
         "h5py>=3.14",
         "opencv-python-headless>=4.10",
+        "simplejpeg>=1.8",
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "filelock>=3.16",

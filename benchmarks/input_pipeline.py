@@ -7,15 +7,19 @@ Variants, each run once per round on the same frames:
 - ``plain``, ``plain_augment`` and ``plain_nearest``: ``benchmarks.plain.plain_batches``, the
   one-frame-at-a-time loop of Keras 2's ``flow_from_directory``; ``plain_nearest`` resizes with Keras'
   default nearest-neighbour filter instead of an antialiased one;
-- ``decode_opencv`` and ``decode_tensorflow``: the JPEG decoding limit, JPEG bytes already in memory
-  decoded at the DCT reduction that ``image_dataset`` chooses for the size, on every core (a thread per
-  core for OpenCV, a parallel ``tf.data`` map for TensorFlow). Nothing is resized or batched;
+- ``decode_turbojpeg``, ``decode_opencv`` and ``decode_tensorflow``: the JPEG decoding limit, JPEG
+  bytes already in memory decoded at the DCT reduction that ``image_dataset`` chooses for the size, on
+  every core (a thread per core for TurboJPEG and OpenCV, a parallel ``tf.data`` map for TensorFlow).
+  Nothing is resized or batched. The toolkit decodes with TurboJPEG and falls back to OpenCV;
 - ``resize``: ``kaggle_sf.data.images.resize_image`` alone on the same frames, decoded beforehand, a
-  thread per core.
+  thread per core; ``resize_bilinear`` the same with OpenCV's plain bilinear filter, the cheapest resize
+  that still interpolates.
 
-The toolkit's share of the decoding limit is its rate over the faster of the two decoders in the same
-round. Its share of decoding and resizing is its rate over the rate of that decoder followed by the
-resize, which leaves out only reading files, batching and tf.data's own work.
+The toolkit's share of the decoding limit is its rate over the fastest of the three decoders in the
+same round. Its share of decoding and resizing is its rate over the rate of that decoder followed by
+the resize, which leaves out only reading files, batching and tf.data's own work. The share that
+decoding followed by the bilinear resize could reach, with nothing else, is the limit for any pipeline
+that resizes.
 
 The tf.data pipelines are built once per size and iterated anew each round. Tracing their functions,
 which a training run pays once per epoch of thousands of frames, thus stays out of the rates, while
@@ -49,22 +53,37 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 32
 
 
-def _opencv_decoder(blobs: list[bytes], ratio: int, threads: int):
+def _opencv_decoder(blobs: list[bytes], ratio: int, pool: ThreadPoolExecutor):
     import cv2
 
-    # The flags of the toolkit's decoder. BGR output (plain IMREAD_COLOR) decodes at the same speed.
+    # The flags of the toolkit's fallback decoder. BGR output (plain IMREAD_COLOR) decodes at the same speed.
     from kaggle_sf.data.images import READ_FLAGS
 
     flags = READ_FLAGS[ratio]
     arrays = [np.frombuffer(blob, dtype=np.uint8) for blob in blobs]
-    pool = ThreadPoolExecutor(threads)
 
     def decode(round_number: int) -> int:
-        # OpenCV releases the GIL while decoding, so the threads decode in parallel.
-        decoded = list(pool.map(lambda array: cv2.imdecode(array, flags), arrays))
-        return sum(frame is not None for frame in decoded)
+        # OpenCV releases the GIL while decoding, so the threads decode in parallel. Each frame is
+        # dropped as soon as it is counted: keeping a round's frames made every decode write to
+        # fresh pages, and at 640x480 the page faults doubled OpenCV's time.
+        return sum(frame is not None for frame in pool.map(lambda array: cv2.imdecode(array, flags), arrays))
 
-    return decode, pool
+    return decode
+
+
+def _turbojpeg_decoder(blobs: list[bytes], ratio: int, frame_shape: tuple[int, int], pool: ThreadPoolExecutor):
+    import simplejpeg
+
+    height, width = -(-frame_shape[0] // ratio), -(-frame_shape[1] // ratio)
+
+    def decode_one(blob: bytes) -> tuple[int, ...]:
+        return simplejpeg.decode_jpeg(blob, "RGB", min_height=height, min_width=width, min_factor=ratio).shape
+
+    def decode(round_number: int) -> int:
+        # simplejpeg releases the GIL while decoding, so the threads decode in parallel.
+        return sum(1 for _ in pool.map(decode_one, blobs))
+
+    return decode
 
 
 def _resizer(blobs: list[bytes], size: tuple[int, int], pool: ThreadPoolExecutor):
@@ -75,6 +94,20 @@ def _resizer(blobs: list[bytes], size: tuple[int, int], pool: ThreadPoolExecutor
     def resize(round_number: int) -> int:
         # OpenCV releases the GIL while resizing, so the threads resize in parallel.
         return sum(1 for _ in pool.map(lambda frame: resize_image(frame, size), decoded))
+
+    return resize
+
+
+def _bilinear_resizer(blobs: list[bytes], size: tuple[int, int], pool: ThreadPoolExecutor):
+    import cv2
+
+    from kaggle_sf.data.images import decode_image
+
+    decoded = [decode_image(blob, size) for blob in blobs]
+
+    def resize(round_number: int) -> int:
+        return sum(1 for _ in pool.map(
+            lambda frame: cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_LINEAR), decoded))
 
     return resize
 
@@ -129,21 +162,24 @@ def _results_for_size(size: tuple[int, int], timings: dict[str, list[Timing]],
         rate_result(f"{prefix}/plain_augment", timings, "plain_augment", None, settings),
         rate_result(f"{prefix}/plain_nearest", timings, "plain_nearest", None, settings),
         rate_result(f"{prefix}/toolkit_vs_plain_nearest", timings, "toolkit", "plain_nearest", settings),
+        rate_result(f"{prefix}/decode_turbojpeg", timings, "decode_turbojpeg", None, settings),
         rate_result(f"{prefix}/decode_opencv", timings, "decode_opencv", None, settings),
         rate_result(f"{prefix}/decode_tensorflow", timings, "decode_tensorflow", None, settings),
         rate_result(f"{prefix}/resize", timings, "resize", None, settings),
+        rate_result(f"{prefix}/resize_bilinear", timings, "resize_bilinear", None, settings),
     ]
-    # The decoding limit of a round is the faster decoder of that round, by wall clock and by CPU time.
-    decoders = list(zip(timings["decode_opencv"], timings["decode_tensorflow"]))
-    limit = [max(pair, key=lambda t: t.rate) for pair in decoders]
-    cpu_limit = [max(pair, key=lambda t: t.cpu_rate) for pair in decoders]
-    # Decoding then resizing each frame, with nothing else, could go no faster than this.
-    decode_and_resize = [
-        Timing(frames=decode.frames, seconds=decode.seconds + decode.frames / resize.rate,
-               cpu_seconds=decode.cpu_seconds + decode.frames / resize.cpu_rate)
-        for decode, resize in zip(limit, timings["resize"])
-    ]
-    shares = round_ratios(timings["toolkit"], decode_and_resize)
+    # The decoding limit of a round is the fastest decoder of that round, by wall clock and by CPU time.
+    decoders = list(zip(timings["decode_turbojpeg"], timings["decode_opencv"], timings["decode_tensorflow"]))
+    limit = [max(round_decoders, key=lambda t: t.rate) for round_decoders in decoders]
+    cpu_limit = [max(round_decoders, key=lambda t: t.cpu_rate) for round_decoders in decoders]
+
+    def then(decodes: list[Timing], resizes: list[Timing]) -> list[Timing]:
+        # Decoding then resizing each frame, with nothing else, could go no faster than this.
+        return [Timing(frames=decode.frames, seconds=decode.seconds + decode.frames / resize.rate,
+                       cpu_seconds=decode.cpu_seconds + decode.frames / resize.cpu_rate)
+                for decode, resize in zip(decodes, resizes)]
+
+    shares = round_ratios(timings["toolkit"], then(limit, timings["resize"]))
     share = statistics.median(shares)
     rows.append(Result(name=f"{prefix}/toolkit_share_of_decode_and_resize", value=share, unit="fraction",
                        ratio=share, frames=sum(t.frames for t in timings["toolkit"]),
@@ -151,13 +187,22 @@ def _results_for_size(size: tuple[int, int], timings: dict[str, list[Timing]],
                        settings={**settings, "ratio_of": "toolkit / (decoding limit and resize in sequence)",
                                  **ratio_settings(shares), "rounds": len(limit),
                                  "load_average_1min": load_average()}))
+    ceilings = round_ratios(then(limit, timings["resize_bilinear"]), limit)
+    ceiling = statistics.median(ceilings)
+    rows.append(Result(name=f"{prefix}/bilinear_share_of_decode_limit", value=ceiling, unit="fraction",
+                       ratio=ceiling, frames=sum(t.frames for t in limit), seconds=sum(t.seconds for t in limit),
+                       settings={**settings, "ratio_of": "(decoding limit and bilinear resize in sequence) / "
+                                                          "decoding limit",
+                                 **ratio_settings(ceilings), "rounds": len(limit),
+                                 "load_average_1min": load_average()}))
     for variant in ("toolkit", "toolkit_augment"):
         shares = round_ratios(timings[variant], limit)
         share = statistics.median(shares)
         rows.append(Result(name=f"{prefix}/{variant}_share_of_decode_limit", value=share, unit="fraction",
                            ratio=share, frames=sum(t.frames for t in timings[variant]),
                            seconds=sum(t.seconds for t in timings[variant]),
-                           settings={**settings, "ratio_of": f"{variant} / max(decode_opencv, decode_tensorflow)",
+                           settings={**settings,
+                                     "ratio_of": f"{variant} / max(decode_turbojpeg, decode_opencv, decode_tensorflow)",
                                      **ratio_settings(shares), **cpu_settings(timings[variant], cpu_limit),
                                      "rounds": len(limit), "load_average_1min": load_average()}))
     return rows
@@ -187,16 +232,18 @@ def run_input_pipeline(data_dir: Path, sizes: list[tuple[int, int]], n_frames: i
     results = []
     for size in sizes:
         ratio = dct_reduction(frame_shape, size)
-        opencv_decode, pool = _opencv_decoder(blobs, ratio, threads)
+        pool = ThreadPoolExecutor(threads)
         variants = {
             "toolkit": _toolkit_loader(paths, labels, size, augment=False),
             "toolkit_augment": _toolkit_loader(paths, labels, size, augment=True),
             "plain": _plain_loader(paths, labels, size, augment=False, resampling="bilinear"),
             "plain_augment": _plain_loader(paths, labels, size, augment=True, resampling="bilinear"),
             "plain_nearest": _plain_loader(paths, labels, size, augment=False, resampling="nearest"),
-            "decode_opencv": opencv_decode,
+            "decode_turbojpeg": _turbojpeg_decoder(blobs, ratio, frame_shape, pool),
+            "decode_opencv": _opencv_decoder(blobs, ratio, pool),
             "decode_tensorflow": _tensorflow_decoder(blobs, ratio),
             "resize": _resizer(blobs, size, pool),
+            "resize_bilinear": _bilinear_resizer(blobs, size, pool),
         }
         logger.info("Input pipeline at %dx%d: %d rounds of %d frames (%dx%d JPEGs, DCT reduction 1/%d)",
                     size[0], size[1], rounds, n_frames, frame_shape[1], frame_shape[0], ratio)

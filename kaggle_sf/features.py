@@ -31,7 +31,9 @@ from kaggle_sf.models.backbones import get_spec, weights_fingerprint
 logger = logging.getLogger(__name__)
 
 DECODER_VERSION = "opencv-jpeg-dct-reduced-supersampled-bilinear-v4"
-"""Changes whenever image decoding changes, so features cached by an older decoder are not reused."""
+"""Changes whenever the decoded pixels change, so features cached by an older decoder are not reused.
+
+A faster decoder that gives the same pixels keeps the version: TurboJPEG took over from OpenCV that way."""
 
 
 @dataclass(frozen=True)

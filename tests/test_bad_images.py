@@ -374,6 +374,58 @@ def test_decoder_names_the_file_it_cannot_decode(tmp_path: Path, case: str):
         read_image(str(path), (32, 32))
 
 
+@pytest.mark.parametrize("case", ["good", "grayscale", "cmyk", "progressive", "odd_641x479", "portrait"])
+@pytest.mark.parametrize("ratio", [1, 2, 4, 8])
+def test_turbojpeg_decode_equals_opencv(tmp_path: Path, case: str, ratio: int):
+    from kaggle_sf.data import images
+
+    data = write_case(tmp_path, case).read_bytes()
+    frame_size = images.jpeg_size(data)
+    fast = images._turbojpeg_decode(data, ratio, frame_size)
+    assert fast is not None
+    assert fast.shape == (-(-frame_size[0] // ratio), -(-frame_size[1] // ratio), 3)
+    assert np.array_equal(fast, images._imdecode(data, ratio, "frame"))
+
+
+def test_decoder_uses_turbojpeg_for_jpegs_and_opencv_for_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from kaggle_sf.data import images
+
+    opened = []
+    opencv_decode = images._imdecode
+    monkeypatch.setattr(images, "_imdecode", lambda data, ratio, name: opened.append(name) or opencv_decode(
+        data, ratio, name))
+    for case in ("good", "cmyk", "png", "truncated"):
+        try:
+            images.decode_image(write_case(tmp_path, case).read_bytes(), (24, 32), name=case)
+        except images.ImageDecodeError:
+            pass
+    assert opened == ["png", "truncated"]
+
+
+def test_turbojpeg_leaves_oversized_jpegs_to_opencv(tmp_path: Path):
+    from kaggle_sf.data import images
+
+    data = write_case(tmp_path, "good").read_bytes()
+    assert images._turbojpeg_decode(data, 1, (48, images.OPENCV_MAX_SIDE + 1)) is None
+    assert images._turbojpeg_decode(data, 1, (1 << 16, 1 << 15)) is None
+    # A size other than the one decoded, as when the header scanner and libjpeg disagree.
+    assert images._turbojpeg_decode(data, 1, (96, 128)) is None
+
+
+def test_real_frames_decode_alike_in_both_decoders(fullres_data: Path):
+    from kaggle_sf.data import images
+
+    paths = [*sorted((fullres_data / "train").glob("c*/*.jpg"))[::60],
+             *sorted((fullres_data / "test").glob("*.jpg"))[::20]]
+    assert len(paths) >= 20
+    for path in paths:
+        data = path.read_bytes()
+        for ratio in (1, 2):
+            fast = images._turbojpeg_decode(data, ratio, images.jpeg_size(data))
+            assert fast is not None, path
+            assert np.array_equal(fast, images._imdecode(data, ratio, str(path))), path
+
+
 def test_jpeg_size_skips_junk_bytes(tmp_path: Path):
     from kaggle_sf.data.images import jpeg_size
 
