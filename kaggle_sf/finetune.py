@@ -94,6 +94,24 @@ def _restart_optimizer(model, learning_rate: float) -> bool:
     return True
 
 
+FINETUNE_TRAINER_VERSION = 2
+"""Changes whenever the same settings would train different fold models, so older ones are not reused."""
+
+
+def _seed_random_layers(model, seed: int) -> None:
+    """Set the state of every random layer of ``model`` (dropout) from ``seed``.
+
+    Keras advances a dropout layer's seed state at every step and does not save it with the model, so
+    a fold resumed from its checkpoint would replay the first epoch's dropout masks. Seeding them at
+    the start of every epoch makes an epoch's masks depend on its seed alone, and a resumed fold
+    trains exactly as one that was never stopped.
+    """
+    generators = [variable for variable in model.variables if variable.name == "seed_generator_state"]
+    for index, state in enumerate(generators):
+        # The second element counts steps; each layer draws from its own range of it.
+        state.assign(np.array([seed, index << 32], dtype=state.dtype))
+
+
 def keep_frames_in_memory(frames: pd.DataFrame, backbone: BackboneConfig,
                           config: FinetuneConfig) -> DecodedFrames | None:
     """Decode the ``path`` column of ``frames`` at the backbone's input size into memory.
@@ -221,6 +239,7 @@ def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, vali
         for epoch in range(state.epoch, phase.epochs):
             epoch_seed = seed * 1000 + phase_index * 100 + epoch
             dataset, steps = _epoch_dataset(train, backbone, config, epoch_seed, decoded)
+            _seed_random_layers(model, epoch_seed)
             started = time.monotonic()
             with decode_errors_named():
                 fitted = model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0,

@@ -195,6 +195,8 @@ def _finetune_settings(finetune: FinetuneConfig) -> dict[str, object]:
 def fold_models_key(config: Config, backbone: BackboneConfig, catalog: Catalog, folds: pd.DataFrame,
                     train_features: Features, test_features: Features) -> dict[str, object]:
     """Return everything that determines the fold models of one backbone under the configured mode."""
+    from kaggle_sf.finetune import FINETUNE_TRAINER_VERSION
+
     key: dict[str, object] = {"mode": config.train.mode, "seed": config.seed,
                               "folds": _digest(folds.loc[:, ["img", "fold"]].to_numpy().tolist())}
     if config.train.mode == "head":
@@ -202,7 +204,8 @@ def fold_models_key(config: Config, backbone: BackboneConfig, catalog: Catalog, 
                    head=asdict(config.train.head), trainer=HEAD_TRAINER_VERSION)
     else:
         key.update(backbone=asdict(backbone), weights=weights_fingerprint(backbone),
-                   finetune=_finetune_settings(config.train.finetune), decoder=DECODER_VERSION,
+                   finetune=_finetune_settings(config.train.finetune), trainer=FINETUNE_TRAINER_VERSION,
+                   decoder=DECODER_VERSION,
                    train_images=image_list_digest(catalog.train), test_images=image_list_digest(catalog.test))
     return key
 

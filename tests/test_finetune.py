@@ -94,7 +94,7 @@ def test_saved_model_reloads_in_fresh_process_with_identical_predictions(tiny_co
 
 
 KILL_AFTER_FIRST_EPOCH = """
-import logging, os, signal, sys
+import json, logging, os, signal, sys
 logging.basicConfig(level=logging.INFO)
 from pathlib import Path
 import keras
@@ -120,13 +120,21 @@ backbone = BackboneConfig(name="mobilenet", alpha=0.25, input_size=(64, 64), wei
 result = finetune_fold(backbone, 0, frames[~validation], frames[validation], catalog.test, config, seed=1,
                        folder=Path(sys.argv[2]), callbacks=[KillAtSecondEpoch()])
 print("EPOCHS", len(result.history["loss"]))
+print("HISTORY", json.dumps(result.history))
 """
+
+
+def _history(stdout: str) -> dict[str, list[float]]:
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith("HISTORY "))[8:])
 
 
 def test_killed_training_resumes_from_last_finished_epoch(tiny_competition: Path, tmp_path: Path):
     folder = tmp_path / "fold_0"
     command = [sys.executable, "-c", KILL_AFTER_FIRST_EPOCH, str(tiny_competition), str(folder)]
     environment = {**os.environ, "KILL": "1"}
+    never_stopped = subprocess.run([*command[:-1], str(tmp_path / "never_stopped")], capture_output=True,
+                                   text=True, cwd=ROOT)
+    assert never_stopped.returncode == 0, never_stopped.stderr[-2000:]
 
     killed = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -142,6 +150,11 @@ def test_killed_training_resumes_from_last_finished_epoch(tiny_competition: Path
     # One epoch before the kill plus two after it: three in all, not four.
     assert "EPOCHS 3" in resumed.stdout
     assert (folder / "model.keras").is_file()
+    # The same shuffles, augmentations and dropout masks as a training that was never stopped (the
+    # head's dropout is on by default).
+    resumed_history, never_stopped_history = _history(resumed.stdout), _history(never_stopped.stdout)
+    del resumed_history["images_per_second"], never_stopped_history["images_per_second"]
+    assert resumed_history == never_stopped_history
 
 
 @pytest.mark.parametrize("phases", ["[{epochs: 1, learning_rate: 1e-3, train_backbone: false}]"])
