@@ -190,13 +190,15 @@ def machine_result() -> Result:
     import keras
     import PIL
     import scipy
+    import simplejpeg
     import tensorflow as tf
 
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     settings = {"cpu_model": cpu_model(), "machine": platform.machine(), "memory_gb": round(memory_gb, 1),
                 "load_average_1min": load_average(), "gpus": len(tf.config.list_physical_devices("GPU")),
                 "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-                "opencv": cv2.__version__, "pillow": PIL.__version__, "scipy": scipy.__version__}
+                "opencv": cv2.__version__, "simplejpeg": simplejpeg.__version__, "pillow": PIL.__version__,
+                "scipy": scipy.__version__}
     return Result(name="machine", value=float(os.cpu_count() or 1), unit="cores", ratio=None, frames=None,
                   seconds=0.0, settings=settings)
 

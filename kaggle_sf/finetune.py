@@ -108,7 +108,7 @@ def _seed_random_layers(model, seed: int) -> None:
     """
     generators = [variable for variable in model.variables if variable.name == "seed_generator_state"]
     for index, state in enumerate(generators):
-        # The second element counts steps; each layer draws from its own range of it.
+        # The second element counts steps, so each layer starts counting at its own offset.
         state.assign(np.array([seed, index << 32], dtype=state.dtype))
 
 

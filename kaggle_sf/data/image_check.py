@@ -2,10 +2,10 @@
 
 A damaged frame (a truncated or empty download, an HTML error page saved as ``.jpg``) would otherwise
 stop feature extraction or training half-way. Each image is decoded by the pipeline's own decoder,
-OpenCV through ``kaggle_sf.data.images.decode_image``, at the smallest size it offers: a JPEG at 1/8
-scale through libjpeg's DCT scaling, which still reads the whole entropy-coded stream and so finds
-truncation. A file passes exactly when the pipeline can decode it. Pillow reads only the header, for
-the summary and for the reason a file fails.
+``kaggle_sf.data.images.decode_image`` (TurboJPEG, or OpenCV for what TurboJPEG does not take), at
+the smallest size it offers: a JPEG at 1/8 scale through libjpeg's DCT scaling, which still reads the
+whole entropy-coded stream and so finds truncation. A file passes exactly when the pipeline can
+decode it. Pillow reads only the header, for the summary and for the reason a file fails.
 
 Decodable but unusual frames (grayscale or CMYK JPEGs, PNG, GIF, BMP, WebP or TIFF data named ``.jpg``,
 other sizes) are kept: the decoder converts them to RGB at the model's input size. The check counts
@@ -94,8 +94,8 @@ def _identify(path: Path, data: bytes) -> tuple[ImageReport, str | None]:
 def check_image(path: Path) -> ImageReport:
     """Decode one image file as the pipeline does, at the smallest size, and report why it fails if it does.
 
-    OpenCV decodes the file through ``kaggle_sf.data.images.decode_image``, a JPEG at 1/8 scale, so a
-    file passes exactly when the pipeline can decode it. Pillow only reads the header, for the format,
+    ``kaggle_sf.data.images.decode_image`` decodes the file, a JPEG at 1/8 scale, so a file passes
+    exactly when the pipeline can decode it. Pillow only reads the header, for the format,
     colour mode and size that the summary reports and for the reason a file fails.
     """
     from kaggle_sf.data.images import ImageDecodeError, decode_image
