@@ -31,6 +31,44 @@ class ConfigError(ValueError):
         self.detail = detail
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping gives one key twice, which PyYAML would otherwise resolve silently to the last value."""
+
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(f"line {line}: key '{key}' is given twice in the same mapping")
+        self.key = key
+        self.line = line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, rejecting duplicate keys."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    # A mapping with a merge key ("<<") may override merged keys on purpose, so it is left as it is.
+    if not any(key_node.tag == "tag:yaml.org,2002:merge" for key_node, _ in node.value):
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                # An unhashable key, which the safe loader reports itself.
+                continue
+            if duplicate:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+            seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse YAML text like ``yaml.safe_load``, raising ``DuplicateKeyError`` for a key given twice."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config key '{key}': {message}", key=key, detail=message)
@@ -462,7 +500,14 @@ def _set_override(tree: dict[str, Any], assignment: str) -> None:
     key = key.strip()
     if not separator or not key:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
-    value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    try:
+        value = _load_yaml(raw_value) if raw_value.strip() else ""
+    except DuplicateKeyError as error:
+        raise ConfigError(f"--set {key}: key '{error.key}' is given twice; keep one") from error
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"--set {key}: the value {raw_value!r} is not valid YAML ({problem}); write it as "
+                          "YAML, e.g. a number, a word, [a, b] or {key: value}") from error
     parts = key.split(".")
     node: Any = tree
     for depth, part in enumerate(parts[:-1]):
@@ -518,10 +563,13 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+            loaded = _load_yaml(path.read_text(encoding="utf-8-sig")) or {}
         except UnicodeDecodeError as error:
             raise ConfigError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
                               "pass a YAML file to --config") from error
+        except DuplicateKeyError as error:
+            raise ConfigError(f"config file {path}, line {error.line}: key '{error.key}' is given twice in the "
+                              "same section; delete one of them") from error
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
         if not isinstance(loaded, dict):

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.common import OutputPathError, make_output_dir, setup_logging
+from pipelines.common import OutputPathError, main_guard, make_output_dir, setup_logging
 
 
 def _at_least_one(text: str) -> int:
@@ -99,4 +99,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main, interrupted="Interrupted.")

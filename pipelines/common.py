@@ -84,12 +84,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def main_guard(main: Callable[[], int]) -> None:
-    """Run ``main`` and exit with its code; known user errors print one line and exit 2."""
+RESUMABLE = "Interrupted; finished work is cached and a re-run resumes from it."
+
+
+def main_guard(main: Callable[[], int], interrupted: str = RESUMABLE) -> None:
+    """Run ``main`` and exit with its code; known user errors print one line and exit 2.
+
+    Ctrl-C prints ``interrupted`` and exits 130.
+    """
     try:
         code = main()
     except KeyboardInterrupt:
-        print("Interrupted; finished work is cached and a re-run resumes from it.", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         code = 130
     except Exception as error:
         if not isinstance(error, user_errors()):

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.common import OutputPathError, make_output_dir, setup_logging
+from pipelines.common import OutputPathError, main_guard, make_output_dir, setup_logging
 
 BATCH_SIZE = 16
 
@@ -97,4 +97,4 @@ def explain_images(args: argparse.Namespace) -> list[Path]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main, interrupted="Interrupted.")

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.common import setup_logging
+from pipelines.common import main_guard, setup_logging
 
 DEFAULT_COMPETITION = "state-farm-distracted-driver-detection"
 
@@ -49,4 +49,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main, interrupted="Interrupted.")

@@ -29,6 +29,7 @@ def run_main(argv: list[str]) -> int:
     ("features.batch_size=many", "error: config key 'features.batch_size': expected an integer, got 'many'"),
     ("data.on_bad_image=ignore", "error: config key 'data.on_bad_image': expected 'fail' or 'skip', got 'ignore'"),
     ("backbones.3.alpha=0.5", "error: config key 'backbones.3': no list item 3"),
+    ("seed=[", "error: --set seed: the value '[' is not valid YAML"),
 ])
 def test_bad_setting_prints_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  assignment: str, message: str):
@@ -50,6 +51,26 @@ def test_unknown_key_in_config_file_exits_2(tmp_path: Path, capsys: pytest.Captu
     assert code == 2
     assert stderr_lines == ["error: unknown config key 'folds.shuffle'; valid keys here: n_splits, seed, "
                             "validation_subjects"]
+
+
+def test_duplicate_key_in_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture):
+    config = tmp_path / "run.yaml"
+    config.write_text("folds:\n  n_splits: 3\n  n_splits: 4\n")
+    code = run_main(["--config", str(config), "--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path)])
+    stderr_lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert stderr_lines == [f"error: config file {config}, line 3: key 'n_splits' is given twice in the same "
+                            "section; delete one of them"]
+
+
+def test_interrupt_prints_message_exits_130(capsys: pytest.CaptureFixture):
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exited:
+        main_guard(interrupted, interrupted="Interrupted.")
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "Interrupted.\n"
 
 
 def test_more_folds_than_drivers_stops_before_features(tiny_competition: Path, tmp_path: Path,

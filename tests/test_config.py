@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,35 @@ def test_binary_config_file_is_named(tmp_path):
     path.write_bytes(b"\x89PNG\x00\x01binary")
     with pytest.raises(ConfigError, match=r"image\.yaml is not UTF-8 text .* pass a YAML file to --config"):
         load_config(path)
+
+
+@pytest.mark.parametrize("text, line, key", [
+    ("seed: 1\nseed: 2\n", 2, "seed"),
+    ("train:\n  finetune:\n    batch_size: 16\n    dropout: 0.1\n    batch_size: 8\n", 5, "batch_size"),
+    ("train: {head: {dropout: 0.1, dropout: 0.2}}\n", 1, "dropout"),
+])
+def test_duplicate_key_in_file_is_named(tmp_path, text, line, key):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"{path}, line {line}: key '{key}' is given twice"):
+        load_config(path)
+
+
+def test_same_key_in_two_sections_is_allowed(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  head:\n    dropout: 0.1\n  finetune:\n    dropout: 0.2\n")
+    config = load_config(path)
+    assert config.train.head.dropout == 0.1
+    assert config.train.finetune.dropout == 0.2
+
+
+def test_duplicate_key_in_override_is_named():
+    with pytest.raises(ConfigError, match=r"--set train\.finetune\.phases: key 'epochs' is given twice"):
+        load_config(None, ["train.finetune.phases=[{epochs: 1, epochs: 2}]"])
+
+
+@pytest.mark.parametrize("assignment", ["seed=[", "run_name=a: b: c", "seed={x"])
+def test_invalid_yaml_in_override_is_named(assignment):
+    key, _, value = assignment.partition("=")
+    with pytest.raises(ConfigError, match=rf"--set {key}: the value '{re.escape(value)}' is not valid YAML"):
+        load_config(None, [assignment])
