@@ -241,6 +241,25 @@ def test_decoded_frames_name_what_they_lack(tiny_competition: Path, tmp_path: Pa
         DecodedFrames([*train["path"], str(broken)], (40, 56))
 
 
+def test_decoded_frames_find_paths_in_any_spelling(tiny_competition: Path):
+    from kaggle_sf.data.images import DecodedFrames
+
+    train, _, _ = _fold_frames(tiny_competition)
+    paths = train["path"].tolist()[:3]
+    decoded = DecodedFrames(paths, (40, 56))
+    spelled = [str(Path(paths[0]).parent / "." / Path(paths[0]).name), f"{Path(paths[1]).parent}//"
+               f"{Path(paths[1]).name}", Path(paths[2])]
+    assert decoded.rows(spelled).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_empty_image_list_gives_no_batches(shuffle: bool):
+    from kaggle_sf.data.images import image_dataset
+
+    dataset = image_dataset([], (40, 56), 8, labels=[], shuffle=shuffle)
+    assert list(dataset) == []
+
+
 def test_decoded_frames_are_freed_after_use(tiny_competition: Path):
     import gc
     import weakref

@@ -268,7 +268,8 @@ class DecodedFrames:
         self.paths = [str(path) for path in paths]
         self.size = (int(size[0]), int(size[1]))
         self.frames = np.empty((len(self.paths), *size, 3), dtype=np.uint8)
-        self._rows = {path: row for row, path in enumerate(self.paths)}
+        # Paths are looked up in normal form, so that "a/./b.jpg" finds the frame of "a/b.jpg".
+        self._rows = {os.path.normpath(path): row for row, path in enumerate(self.paths)}
 
         def read(row: int) -> None:
             read_image(self.paths[row], size, out=self.frames[row])
@@ -289,7 +290,7 @@ class DecodedFrames:
             KeyError: a path was not decoded here; the message names it.
         """
         try:
-            return np.array([self._rows[str(path)] for path in paths], dtype=np.int64)
+            return np.array([self._rows[os.path.normpath(str(path))] for path in paths], dtype=np.int64)
         except KeyError as error:
             raise KeyError(f"{error.args[0]} is not among the {len(self.paths)} decoded frames; decode every "
                            "frame that the dataset reads, e.g. training and validation frames together") from None
@@ -373,7 +374,8 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, 
     if decoded is not None and decoded.size != tuple(size):
         raise ValueError(f"frames decoded at {decoded.size} cannot make batches at {tuple(size)}")
     # The first column is what a batch is made from: file names, or rows of the decoded frames.
-    columns: list[tf.Tensor] = [tf.constant(paths) if decoded is None else tf.constant(decoded.rows(paths))]
+    columns: list[tf.Tensor] = [tf.constant(paths, dtype=tf.string) if decoded is None
+                                else tf.constant(decoded.rows(paths), dtype=tf.int64)]
     if labels is not None:
         columns.append(tf.constant(list(labels), dtype=tf.int32))
     elif ids is not None:
@@ -381,7 +383,8 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int, 
     dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
 
     if shuffle:
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        # tf.data rejects a buffer of 0, which an empty list would ask for.
+        dataset = dataset.shuffle(max(len(paths), 1), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=False)
