@@ -381,8 +381,8 @@ def test_turbojpeg_decode_equals_opencv(tmp_path: Path, case: str, ratio: int):
 
     data = write_case(tmp_path, case).read_bytes()
     frame_size = images.jpeg_size(data)
-    fast = images._turbojpeg_decode(data, ratio, frame_size)
-    assert fast is not None
+    fast, message = images._turbojpeg_decode(data, ratio, frame_size)
+    assert message == ""
     assert fast.shape == (-(-frame_size[0] // ratio), -(-frame_size[1] // ratio), 3)
     assert np.array_equal(fast, images._imdecode(data, ratio, "frame"))
 
@@ -406,10 +406,27 @@ def test_turbojpeg_leaves_oversized_jpegs_to_opencv(tmp_path: Path):
     from kaggle_sf.data import images
 
     data = write_case(tmp_path, "good").read_bytes()
-    assert images._turbojpeg_decode(data, 1, (48, images.OPENCV_MAX_SIDE + 1)) is None
-    assert images._turbojpeg_decode(data, 1, (1 << 16, 1 << 15)) is None
+    assert images._turbojpeg_decode(data, 1, (48, images.OPENCV_MAX_SIDE + 1)) == (None, "")
+    assert images._turbojpeg_decode(data, 1, (1 << 16, 1 << 15)) == (None, "")
     # A size other than the one decoded, as when the header scanner and libjpeg disagree.
-    assert images._turbojpeg_decode(data, 1, (96, 128)) is None
+    assert images._turbojpeg_decode(data, 1, (96, 128)) == (None, "")
+
+
+def test_recovered_jpeg_is_logged_with_its_name(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from kaggle_sf.data.images import read_image
+
+    # Junk before the start-of-scan marker: libjpeg skips it with a warning that names no file.
+    whole = write_case(tmp_path, "good").read_bytes()
+    scan = whole.index(b"\xff\xda")
+    path = tmp_path / "junk.jpg"
+    path.write_bytes(whole[:scan] + b"\x12\x34\x56" + whole[scan:])
+    with caplog.at_level(logging.WARNING, logger="kaggle_sf.data.images"):
+        frame = read_image(str(path), (24, 32))
+        read_image(str(path), (24, 32))
+    assert frame.shape == (24, 32, 3)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [f"{path}: TurboJPEG reported 'Corrupt JPEG data: 3 extraneous bytes before marker "
+                        "0xda'; decoded it with OpenCV instead. Check the file if its frames look damaged."]
 
 
 def test_real_frames_decode_alike_in_both_decoders(fullres_data: Path):
@@ -421,8 +438,8 @@ def test_real_frames_decode_alike_in_both_decoders(fullres_data: Path):
     for path in paths:
         data = path.read_bytes()
         for ratio in (1, 2):
-            fast = images._turbojpeg_decode(data, ratio, images.jpeg_size(data))
-            assert fast is not None, path
+            fast, message = images._turbojpeg_decode(data, ratio, images.jpeg_size(data))
+            assert message == "", path
             assert np.array_equal(fast, images._imdecode(data, ratio, str(path))), path
 
 

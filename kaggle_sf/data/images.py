@@ -20,8 +20,10 @@ backbone happens inside the model. Files that cannot be decoded are found before
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,8 @@ from functools import partial
 import cv2
 import numpy as np
 import simplejpeg
+
+logger = logging.getLogger(__name__)
 
 DCT_SCALES = (8, 4, 2, 1)
 """Reduction ratios that libjpeg can apply while decoding, largest first."""
@@ -113,26 +117,45 @@ OPENCV_MAX_PIXELS = 1 << 30
 """OpenCV's default limits on a decoded image; larger JPEGs go to OpenCV, which rejects them."""
 
 
-def _turbojpeg_decode(data: bytes, ratio: int, frame_size: tuple[int, int]) -> np.ndarray | None:
-    """Decode a JPEG at 1/``ratio`` scale with TurboJPEG, or return None where OpenCV should decode it instead.
+def _turbojpeg_decode(data: bytes, ratio: int, frame_size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """Decode a JPEG at 1/``ratio`` scale with TurboJPEG; return the frame and an empty error message.
 
     On a State Farm 640x480 frame, one thread of a 2-core x86_64 machine, TurboJPEG took 0.70 ms at
     full size where OpenCV took 0.83 ms, and 0.55 ms against 0.61 ms at 1/2 scale. Both run
     libjpeg-turbo with its accurate integer IDCT and smooth chroma upsampling, and gave the same
-    pixels on every frame tried. None comes back for data that TurboJPEG reports any problem with,
-    even one libjpeg recovers from, for a size other than the header's, and for images beyond
-    OpenCV's limits.
+    pixels on every frame tried.
+
+    The frame is None, for OpenCV to decode the data instead, in three cases. TurboJPEG reports a
+    problem, even one libjpeg recovers from, and the message is TurboJPEG's. The decoded size is not
+    the header's, or the image is beyond OpenCV's limits, and the message is empty.
     """
     height, width = frame_size
     if height > OPENCV_MAX_SIDE or width > OPENCV_MAX_SIDE or height * width > OPENCV_MAX_PIXELS:
-        return None
+        return None, ""
     expected = (-(-height // ratio), -(-width // ratio))
     try:
         image = simplejpeg.decode_jpeg(data, "RGB", min_height=expected[0], min_width=expected[1],
                                        min_factor=ratio)
-    except ValueError:
-        return None
-    return image if image.shape[:2] == expected else None
+    except ValueError as error:
+        return None, str(error)
+    return (image, "") if image.shape[:2] == expected else (None, "")
+
+
+_logged_files: set[str] = set()
+_logged_lock = threading.Lock()
+
+
+def _log_recovered(name: str, message: str) -> None:
+    """Log once per file that TurboJPEG rejected a JPEG which OpenCV then decoded.
+
+    libjpeg prints its own warning for such a file without the file's name.
+    """
+    with _logged_lock:
+        if name in _logged_files:
+            return
+        _logged_files.add(name)
+    logger.warning("%s: TurboJPEG reported '%s'; decoded it with OpenCV instead. Check the file if its "
+                   "frames look damaged.", name, message)
 
 
 def _imdecode(data: bytes, ratio: int, name: str) -> np.ndarray:
@@ -159,9 +182,11 @@ def decode_image(data: bytes, size: tuple[int, int], name: str = "image") -> np.
     """
     frame_size = jpeg_size(data)
     ratio = dct_reduction(frame_size, size)
-    image = _turbojpeg_decode(data, ratio, frame_size) if frame_size is not None else None
+    image, message = _turbojpeg_decode(data, ratio, frame_size) if frame_size is not None else (None, "")
     if image is None:
         image = _imdecode(data, ratio, name)
+        if message:
+            _log_recovered(name, message)
     if ratio > 1 and (image.shape[0] < size[0] or image.shape[1] < size[1]):
         # The header's size was not the image's: decode again without a reduction.
         image = _imdecode(data, 1, name)
