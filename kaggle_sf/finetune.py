@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.keras"
+"""Checkpoint name of a state saved without one; newer checkpoints are named by phase and epoch."""
 STATE = "state.json"
 BEST_WEIGHTS = "best.weights.h5"
 FINAL_MODEL = "model.keras"
@@ -50,16 +51,39 @@ class TrainingState:
     best_val_log_loss: float = math.inf
     epochs_without_improvement: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
+    checkpoint: str = CHECKPOINT
+    """File name, in the fold's folder, of the model checkpoint that goes with this state."""
 
     def save(self, folder: Path) -> None:
         write_text_atomic(folder / STATE, json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, folder: Path) -> TrainingState | None:
+        """Return the saved state when it and its checkpoint exist, deleting checkpoints that belong to no state."""
         path = folder / STATE
-        if not path.is_file() or not (folder / CHECKPOINT).is_file():
+        if not path.is_file():
             return None
-        return cls(**json.loads(path.read_text()))
+        state = cls(**json.loads(path.read_text()))
+        for stray in folder.glob("checkpoint*.keras"):
+            if stray.name != state.checkpoint:
+                stray.unlink()
+        return state if (folder / state.checkpoint).is_file() else None
+
+    def save_with_checkpoint(self, model, folder: Path) -> None:
+        """Save ``model`` as a new checkpoint, then this state naming it, then delete the previous checkpoint.
+
+        A process killed between any two of these writes leaves ``state.json`` and the checkpoint it
+        names, which belong to the same epoch. With one checkpoint file overwritten in place, a kill
+        between the two writes would leave an epoch's weights with the state from before that epoch,
+        and the resumed fold would train the epoch twice.
+        """
+        previous = self.checkpoint
+        self.checkpoint = f"checkpoint-{self.phase}-{self.epoch}.keras"
+        with atomic_path(folder / self.checkpoint) as temporary:
+            model.save(temporary)
+        self.save(folder)
+        if previous != self.checkpoint:
+            (folder / previous).unlink(missing_ok=True)
 
 
 def _configure_precision(config: FinetuneConfig) -> None:
@@ -108,8 +132,10 @@ def _seed_random_layers(model, seed: int) -> None:
     """
     generators = [variable for variable in model.variables if variable.name == "seed_generator_state"]
     for index, state in enumerate(generators):
-        # The second element counts steps, so each layer starts counting at its own offset.
-        state.assign(np.array([seed, index << 32], dtype=state.dtype))
+        # Each layer gets its own seed, below 2**31 - 2 because Keras' TensorFlow backend reduces both
+        # elements of the state modulo that number. The second element counts steps from 0.
+        layer_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0]) % (2**31 - 2)
+        state.assign(np.array([layer_seed, 0], dtype=state.dtype))
 
 
 def keep_frames_in_memory(frames: pd.DataFrame, backbone: BackboneConfig,
@@ -211,9 +237,13 @@ def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, vali
 
     state = TrainingState.load(folder)
     if state is not None:
-        logger.info("Resuming %s fold %d at phase %d, epoch %d from %s", backbone.label, fold, state.phase + 1,
-                    state.epoch + 1, folder / CHECKPOINT)
-        model = load_classifier(folder / CHECKPOINT)
+        if state.phase < len(phases) and state.epoch >= phases[state.phase].epochs:
+            logger.info("Resuming %s fold %d at the end of phase %d from %s", backbone.label, fold,
+                        state.phase + 1, folder / state.checkpoint)
+        else:
+            logger.info("Resuming %s fold %d at phase %d, epoch %d from %s", backbone.label, fold,
+                        state.phase + 1, state.epoch + 1, folder / state.checkpoint)
+        model = load_classifier(folder / state.checkpoint)
     else:
         state = TrainingState()
         model = build_classifier(backbone, dropout=config.dropout,
@@ -270,9 +300,7 @@ def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, vali
             stop = state.epochs_without_improvement >= config.patience
             if stop:
                 state.epoch = phase.epochs
-            with atomic_path(folder / CHECKPOINT) as temporary:
-                model.save(temporary)
-            state.save(folder)
+            state.save_with_checkpoint(model, folder)
             if stop:
                 logger.info("Early stop: no improvement for %d epochs", config.patience)
                 break
@@ -280,9 +308,7 @@ def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, vali
         # Restore the best epoch of the phase before the next phase starts from it.
         model.load_weights(folder / BEST_WEIGHTS)
         state.phase, state.epoch = phase_index + 1, 0
-        with atomic_path(folder / CHECKPOINT) as temporary:
-            model.save(temporary)
-        state.save(folder)
+        state.save_with_checkpoint(model, folder)
 
     with atomic_path(folder / FINAL_MODEL) as temporary:
         model.save(temporary)

@@ -101,7 +101,7 @@ import keras
 from kaggle_sf.config import BackboneConfig, load_config
 from kaggle_sf.data.catalog import load_catalog
 from kaggle_sf.data.folds import make_folds
-from kaggle_sf.finetune import finetune_fold
+from kaggle_sf.finetune import TrainingState, finetune_fold
 
 class KillAtSecondEpoch(keras.callbacks.Callback):
     calls = 0
@@ -109,6 +109,15 @@ class KillAtSecondEpoch(keras.callbacks.Callback):
         KillAtSecondEpoch.calls += 1
         if KillAtSecondEpoch.calls == 2 and os.environ.get("KILL") == "1":
             os.kill(os.getpid(), signal.SIGKILL)
+
+if os.environ.get("KILL") == "second state":
+    # Killed after the second epoch's checkpoint is written and before the state that goes with it.
+    save_state = TrainingState.save
+    def save_or_die(self, folder):
+        if len(self.history["loss"]) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        save_state(self, folder)
+    TrainingState.save = save_or_die
 
 catalog = load_catalog(Path(sys.argv[1]))
 folds = make_folds(catalog.train, n_splits=2, seed=0)
@@ -155,6 +164,32 @@ def test_killed_training_resumes_from_last_finished_epoch(tiny_competition: Path
     resumed_history, never_stopped_history = _history(resumed.stdout), _history(never_stopped.stdout)
     del resumed_history["images_per_second"], never_stopped_history["images_per_second"]
     assert resumed_history == never_stopped_history
+
+
+def test_kill_between_checkpoint_and_state_resumes_exactly(tiny_competition: Path, tmp_path: Path):
+    folder = tmp_path / "fold_0"
+    command = [sys.executable, "-c", KILL_AFTER_FIRST_EPOCH, str(tiny_competition), str(folder)]
+    never_stopped = subprocess.run([*command[:-1], str(tmp_path / "never_stopped")], capture_output=True,
+                                   text=True, cwd=ROOT)
+    assert never_stopped.returncode == 0, never_stopped.stderr[-2000:]
+
+    killed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "KILL": "second state"},
+                            cwd=ROOT)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = json.loads((folder / "state.json").read_text())
+    assert state["epoch"] == 1
+    assert sorted(path.name for path in folder.glob("checkpoint*.keras")) == ["checkpoint-0-1.keras",
+                                                                              "checkpoint-0-2.keras"]
+
+    resumed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming mobilenet_0.25_64x64 fold 0 at phase 1, epoch 2" in resumed.stderr
+    resumed_history, never_stopped_history = _history(resumed.stdout), _history(never_stopped.stdout)
+    del resumed_history["images_per_second"], never_stopped_history["images_per_second"]
+    assert resumed_history == never_stopped_history
+    # Only the checkpoint of the last state is left.
+    assert [path.name for path in folder.glob("checkpoint*.keras")] == [json.loads(
+        (folder / "state.json").read_text())["checkpoint"]]
 
 
 @pytest.mark.parametrize("phases", ["[{epochs: 1, learning_rate: 1e-3, train_backbone: false}]"])
