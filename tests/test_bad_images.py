@@ -425,8 +425,24 @@ def test_recovered_jpeg_is_logged_with_its_name(tmp_path: Path, caplog: pytest.L
         read_image(str(path), (24, 32))
     assert frame.shape == (24, 32, 3)
     warnings = [record.getMessage() for record in caplog.records]
-    assert warnings == [f"{path}: TurboJPEG reported 'Corrupt JPEG data: 3 extraneous bytes before marker "
-                        "0xda'; decoded it with OpenCV instead. Check the file if its frames look damaged."]
+    assert warnings == [f"{path}: libjpeg reported 'Corrupt JPEG data: 3 extraneous bytes before marker 0xda' "
+                        "and decoded it anyway; check the file if its frames look damaged"]
+
+
+def test_unsupported_jpeg_logs_at_debug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture):
+    from kaggle_sf.data import images
+
+    def reject(*args, **kwargs):
+        raise ValueError("Could not determine subsampling level")
+
+    monkeypatch.setattr(images.simplejpeg, "decode_jpeg", reject)
+    path = write_case(tmp_path, "good")
+    with caplog.at_level(logging.DEBUG, logger="kaggle_sf.data.images"):
+        frame = images.read_image(str(path), (24, 32))
+    assert frame.shape == (24, 32, 3)
+    assert [record.levelname for record in caplog.records] == ["DEBUG"]
+    assert "TurboJPEG cannot decode it (Could not determine subsampling level)" in caplog.text
 
 
 def test_real_frames_decode_alike_in_both_decoders(fullres_data: Path):

@@ -114,7 +114,9 @@ def dct_reduction(frame_size: tuple[int, int] | None, size: tuple[int, int]) -> 
 
 OPENCV_MAX_SIDE = 1 << 20
 OPENCV_MAX_PIXELS = 1 << 30
-"""OpenCV's default limits on a decoded image; larger JPEGs go to OpenCV, which rejects them."""
+"""OpenCV's default limits on a decoded image, after any DCT reduction.
+
+Larger JPEGs go to OpenCV, which rejects them."""
 
 
 def _turbojpeg_decode(data: bytes, ratio: int, frame_size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
@@ -129,10 +131,9 @@ def _turbojpeg_decode(data: bytes, ratio: int, frame_size: tuple[int, int]) -> t
     problem, even one libjpeg recovers from, and the message is TurboJPEG's. The decoded size is not
     the header's, or the image is beyond OpenCV's limits, and the message is empty.
     """
-    height, width = frame_size
-    if height > OPENCV_MAX_SIDE or width > OPENCV_MAX_SIDE or height * width > OPENCV_MAX_PIXELS:
+    expected = (-(-frame_size[0] // ratio), -(-frame_size[1] // ratio))
+    if max(expected) > OPENCV_MAX_SIDE or expected[0] * expected[1] > OPENCV_MAX_PIXELS:
         return None, ""
-    expected = (-(-height // ratio), -(-width // ratio))
     try:
         image = simplejpeg.decode_jpeg(data, "RGB", min_height=expected[0], min_width=expected[1],
                                        min_factor=ratio)
@@ -145,17 +146,26 @@ _logged_files: set[str] = set()
 _logged_lock = threading.Lock()
 
 
+DAMAGE_MESSAGES = ("Corrupt JPEG data", "Premature end of JPEG file")
+"""Starts of libjpeg's warnings about damaged data, which it recovers from by skipping or filling in."""
+
+
 def _log_recovered(name: str, message: str) -> None:
     """Log once per file that TurboJPEG rejected a JPEG which OpenCV then decoded.
 
-    libjpeg prints its own warning for such a file without the file's name.
+    Damaged data is a warning, because libjpeg prints its own warning for such a file without the
+    file's name. Anything else TurboJPEG does not take, such as unusual chroma sampling, is only logged
+    at debug level.
     """
     with _logged_lock:
         if name in _logged_files:
             return
         _logged_files.add(name)
-    logger.warning("%s: TurboJPEG reported '%s'; decoded it with OpenCV instead. Check the file if its "
-                   "frames look damaged.", name, message)
+    if message.startswith(DAMAGE_MESSAGES):
+        logger.warning("%s: libjpeg reported '%s' and decoded it anyway; check the file if its frames look "
+                       "damaged", name, message)
+    else:
+        logger.debug("%s: TurboJPEG cannot decode it (%s); decoded with OpenCV instead", name, message)
 
 
 def _imdecode(data: bytes, ratio: int, name: str) -> np.ndarray:
