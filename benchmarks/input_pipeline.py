@@ -31,7 +31,9 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +76,9 @@ def _opencv_decoder(blobs: list[bytes], ratio: int, pool: ThreadPoolExecutor):
 def _turbojpeg_decoder(blobs: list[bytes], ratio: int, frame_shape: tuple[int, int], pool: ThreadPoolExecutor):
     import simplejpeg
 
-    height, width = -(-frame_shape[0] // ratio), -(-frame_shape[1] // ratio)
+    from kaggle_sf.data.images import reduced_size
+
+    height, width = reduced_size(frame_shape, ratio)
 
     def decode_one(blob: bytes) -> tuple[int, ...]:
         return simplejpeg.decode_jpeg(blob, "RGB", min_height=height, min_width=width, min_factor=ratio).shape
@@ -86,28 +90,10 @@ def _turbojpeg_decoder(blobs: list[bytes], ratio: int, frame_shape: tuple[int, i
     return decode
 
 
-def _resizer(blobs: list[bytes], size: tuple[int, int], pool: ThreadPoolExecutor):
-    from kaggle_sf.data.images import decode_image, resize_image
-
-    decoded = [decode_image(blob, size) for blob in blobs]
-
+def _resizer(decoded: list[np.ndarray], resize_one: Callable[[np.ndarray], np.ndarray], pool: ThreadPoolExecutor):
     def resize(round_number: int) -> int:
         # OpenCV releases the GIL while resizing, so the threads resize in parallel.
-        return sum(1 for _ in pool.map(lambda frame: resize_image(frame, size), decoded))
-
-    return resize
-
-
-def _bilinear_resizer(blobs: list[bytes], size: tuple[int, int], pool: ThreadPoolExecutor):
-    import cv2
-
-    from kaggle_sf.data.images import decode_image
-
-    decoded = [decode_image(blob, size) for blob in blobs]
-
-    def resize(round_number: int) -> int:
-        return sum(1 for _ in pool.map(
-            lambda frame: cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_LINEAR), decoded))
+        return sum(1 for _ in pool.map(resize_one, decoded))
 
     return resize
 
@@ -217,9 +203,10 @@ def run_input_pipeline(data_dir: Path, sizes: list[tuple[int, int]], n_frames: i
         n_frames: frames per round, drawn evenly over the classes.
         rounds: rounds per size.
     """
+    import cv2
     from PIL import Image
 
-    from kaggle_sf.data.images import dct_reduction
+    from kaggle_sf.data.images import dct_reduction, decode_image, resize_image
 
     frames = sample_train_frames(data_dir, n_frames)
     paths = frames["path"].tolist()
@@ -233,6 +220,7 @@ def run_input_pipeline(data_dir: Path, sizes: list[tuple[int, int]], n_frames: i
     for size in sizes:
         ratio = dct_reduction(frame_shape, size)
         pool = ThreadPoolExecutor(threads)
+        decoded = [decode_image(blob, size) for blob in blobs]
         variants = {
             "toolkit": _toolkit_loader(paths, labels, size, augment=False),
             "toolkit_augment": _toolkit_loader(paths, labels, size, augment=True),
@@ -242,8 +230,9 @@ def run_input_pipeline(data_dir: Path, sizes: list[tuple[int, int]], n_frames: i
             "decode_turbojpeg": _turbojpeg_decoder(blobs, ratio, frame_shape, pool),
             "decode_opencv": _opencv_decoder(blobs, ratio, pool),
             "decode_tensorflow": _tensorflow_decoder(blobs, ratio),
-            "resize": _resizer(blobs, size, pool),
-            "resize_bilinear": _bilinear_resizer(blobs, size, pool),
+            "resize": _resizer(decoded, partial(resize_image, size=size), pool),
+            "resize_bilinear": _resizer(decoded, partial(cv2.resize, dsize=(size[1], size[0]),
+                                                         interpolation=cv2.INTER_LINEAR), pool),
         }
         logger.info("Input pipeline at %dx%d: %d rounds of %d frames (%dx%d JPEGs, DCT reduction 1/%d)",
                     size[0], size[1], rounds, n_frames, frame_shape[1], frame_shape[0], ratio)

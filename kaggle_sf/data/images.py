@@ -112,6 +112,11 @@ def dct_reduction(frame_size: tuple[int, int] | None, size: tuple[int, int]) -> 
     return 1
 
 
+def reduced_size(frame_size: tuple[int, int], ratio: int) -> tuple[int, int]:
+    """Return the (height, width) of a frame decoded at 1/``ratio`` scale: libjpeg rounds each side up."""
+    return -(-frame_size[0] // ratio), -(-frame_size[1] // ratio)
+
+
 OPENCV_MAX_SIDE = 1 << 20
 OPENCV_MAX_PIXELS = 1 << 30
 """OpenCV's default limits on a decoded image, after any DCT reduction.
@@ -131,7 +136,7 @@ def _turbojpeg_decode(data: bytes, ratio: int, frame_size: tuple[int, int]) -> t
     problem, even one libjpeg recovers from, and the message is TurboJPEG's. The decoded size is not
     the header's, or the image is beyond OpenCV's limits, and the message is empty.
     """
-    expected = (-(-frame_size[0] // ratio), -(-frame_size[1] // ratio))
+    expected = reduced_size(frame_size, ratio)
     if max(expected) > OPENCV_MAX_SIDE or expected[0] * expected[1] > OPENCV_MAX_PIXELS:
         return None, ""
     try:
