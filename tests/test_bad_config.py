@@ -43,24 +43,19 @@ def test_bad_setting_prints_one_line_and_exits_2(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "data").exists()
 
 
-def test_unknown_key_in_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture):
+@pytest.mark.parametrize("text, message", [
+    ("folds:\n  n_splits: 3\n  shuffle: true\n",
+     "error: unknown config key 'folds.shuffle'; valid keys here: n_splits, seed, validation_subjects"),
+    ("folds:\n  n_splits: 3\n  n_splits: 4\n",
+     "error: config file {config}, line 3: key 'n_splits' is given twice in the same section; delete one of them"),
+])
+def test_bad_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture, text: str, message: str):
     config = tmp_path / "run.yaml"
-    config.write_text("folds:\n  n_splits: 3\n  shuffle: true\n")
+    config.write_text(text)
     code = run_main(["--config", str(config), "--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path)])
     stderr_lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert stderr_lines == ["error: unknown config key 'folds.shuffle'; valid keys here: n_splits, seed, "
-                            "validation_subjects"]
-
-
-def test_duplicate_key_in_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture):
-    config = tmp_path / "run.yaml"
-    config.write_text("folds:\n  n_splits: 3\n  n_splits: 4\n")
-    code = run_main(["--config", str(config), "--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path)])
-    stderr_lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert stderr_lines == [f"error: config file {config}, line 3: key 'n_splits' is given twice in the same "
-                            "section; delete one of them"]
+    assert stderr_lines == [message.format(config=config)]
 
 
 def test_interrupt_prints_message_exits_130(capsys: pytest.CaptureFixture):
