@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 DECODER_VERSION = "opencv-jpeg-dct-reduced-supersampled-bilinear-v4"
 """Changes whenever the decoded pixels change, so features cached by an older decoder are not reused.
 
-A faster decoder that gives the same pixels keeps the version: TurboJPEG took over from OpenCV that way."""
+A decoder that gives the same pixels, such as TurboJPEG beside OpenCV, keeps the version."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.keras"
-"""Checkpoint name of a state saved without one; newer checkpoints are named by phase and epoch."""
+"""Checkpoint name of a state saved without one. Newer checkpoints are named by phase and epoch."""
 STATE = "state.json"
 BEST_WEIGHTS = "best.weights.h5"
 FINAL_MODEL = "model.keras"
@@ -292,6 +292,8 @@ def finetune_fold(backbone: BackboneConfig, fold: int, train: pd.DataFrame, vali
             if val_loss < state.best_val_log_loss:
                 state.best_val_log_loss = val_loss
                 state.epochs_without_improvement = 0
+                # NOTE: a kill after this write and before the state's retrains the epoch and writes it
+                # again, which gives the same weights only where training is deterministic (CPU).
                 with atomic_path(folder / BEST_WEIGHTS) as temporary:
                     model.save_weights(temporary)
             else:

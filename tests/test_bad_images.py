@@ -412,7 +412,7 @@ def test_turbojpeg_leaves_oversized_jpegs_to_opencv(tmp_path: Path):
     assert images._turbojpeg_decode(data, 1, (96, 128)) == (None, "")
 
 
-def test_recovered_jpeg_is_logged_with_its_name(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_recovered_jpeg_logged_by_name(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     from kaggle_sf.data.images import read_image
 
     # Junk before the start-of-scan marker: libjpeg skips it with a warning that names no file.
@@ -445,7 +445,7 @@ def test_unsupported_jpeg_logs_at_debug(tmp_path: Path, monkeypatch: pytest.Monk
     assert "TurboJPEG cannot decode it (Could not determine subsampling level)" in caplog.text
 
 
-def test_real_frames_decode_alike_in_both_decoders(fullres_data: Path):
+def test_real_frames_decode_alike(fullres_data: Path):
     from kaggle_sf.data import images
 
     paths = [*sorted((fullres_data / "train").glob("c*/*.jpg"))[::60],

@@ -166,7 +166,7 @@ def test_killed_training_resumes_from_last_finished_epoch(tiny_competition: Path
     assert resumed_history == never_stopped_history
 
 
-def test_kill_between_checkpoint_and_state_resumes_exactly(tiny_competition: Path, tmp_path: Path):
+def test_kill_before_state_resumes_exactly(tiny_competition: Path, tmp_path: Path):
     folder = tmp_path / "fold_0"
     command = [sys.executable, "-c", KILL_AFTER_FIRST_EPOCH, str(tiny_competition), str(folder)]
     never_stopped = subprocess.run([*command[:-1], str(tmp_path / "never_stopped")], capture_output=True,
@@ -276,7 +276,7 @@ def test_decoded_frames_name_what_they_lack(tiny_competition: Path, tmp_path: Pa
         DecodedFrames([*train["path"], str(broken)], (40, 56))
 
 
-def test_decoded_frames_find_paths_in_any_spelling(tiny_competition: Path):
+def test_decoded_frames_normalise_paths(tiny_competition: Path):
     from kaggle_sf.data.images import DecodedFrames
 
     train, _, _ = _fold_frames(tiny_competition)
